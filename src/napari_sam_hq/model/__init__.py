@@ -1,0 +1,64 @@
+"""SAM-HQ in plain PyTorch: ViT-B/L/H and TinyViT encoders, prompt encoder, HQ decoder.
+
+``load_model`` is the entry point::
+
+    from napari_sam_hq.model import load_model
+    model = load_model("vit_b")                 # registry name: downloaded once, cached
+    model = load_model("/data/sam_hq_vit_l.pth")  # official checkpoint file
+    model = load_model("/data/sam-hq-vit-base")   # Hugging Face folder (config.json + safetensors)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .build import build_sam_hq, place, resolve_device
+from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
+from .download import DownloadError, Progress, ensure_checkpoint
+from .registry import CHECKPOINTS, MODEL_SPECS, CheckpointInfo, ModelSpec
+from .sam_hq import SamHQ
+
+__all__ = [
+    "CHECKPOINTS",
+    "MODEL_SPECS",
+    "CheckpointError",
+    "CheckpointInfo",
+    "DownloadError",
+    "ModelSpec",
+    "SamHQ",
+    "build_sam_hq",
+    "load_model",
+    "resolve_device",
+]
+
+
+def load_model(
+    name_or_path: str | Path,
+    device: str | torch.device = "auto",
+    *,
+    dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
+) -> SamHQ:
+    """A SAM-HQ model with loaded weights, in eval mode, on ``device``.
+
+    ``name_or_path``: a registry name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``;
+    downloaded once into the cache), an official ``.pth`` file, a ``.safetensors`` file
+    or a Hugging Face folder. The size is detected from the weights themselves.
+    """
+    key = str(name_or_path)
+    if key in CHECKPOINTS and not Path(key).exists():
+        path = ensure_checkpoint(CHECKPOINTS[key], progress=progress)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise CheckpointError(
+                f"{key!r} is neither a model name ({', '.join(CHECKPOINTS)}) nor an existing file or folder"
+            )
+    sd, content_id = read_state_dict(path)
+    spec = detect_spec(sd, source=str(path))
+    model = build_sam_hq(spec)
+    load_into(model, sd, source=str(path))
+    model.checkpoint_id = content_id
+    return place(model, device=device, dtype=dtype)

@@ -1,0 +1,83 @@
+"""Build a SAM-HQ model from a spec, and move it to a device and dtype from outside."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoderHQ
+from .prompt_encoder import PromptEncoder
+from .registry import MODEL_SPECS, ModelSpec, TinyViTSpec, ViTSpec
+from .sam_hq import SamHQ
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+
+
+def build_sam_hq(spec: ModelSpec | str) -> SamHQ:
+    """A SAM-HQ model with freshly initialised weights, in eval mode, float32 on the CPU."""
+    if isinstance(spec, str):
+        if spec not in MODEL_SPECS:
+            raise ValueError(f"unknown model {spec!r}; choose one of {sorted(MODEL_SPECS)}")
+        spec = MODEL_SPECS[spec]
+    enc = spec.encoder
+    if isinstance(enc, ViTSpec):
+        image_encoder: ImageEncoderViT | TinyViT = ImageEncoderViT(
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            global_attn_indexes=enc.global_attn_indexes,
+        )
+    elif isinstance(enc, TinyViTSpec):
+        image_encoder = TinyViT(
+            embed_dims=enc.embed_dims,
+            depths=enc.depths,
+            num_heads=enc.num_heads,
+            window_sizes=enc.window_sizes,
+        )
+    else:  # pragma: no cover - guarded by the type
+        raise TypeError(f"unknown encoder spec {enc!r}")
+    model = SamHQ(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(),
+        mask_decoder=MaskDecoderHQ(transformer=TwoWayTransformer(), vit_dim=enc.early_dim),
+        name=spec.name,
+    )
+    return model.eval().requires_grad_(False)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; others are checked for availability."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("device 'mps' was asked for but is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def place(model: SamHQ, *, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> SamHQ:
+    """Move ``model`` to ``device``; ``dtype`` defaults to float32.
+
+    Half precision is for GPUs: on these CPUs (no AVX-512 / AMX) bfloat16 is about 17x
+    slower than float32, so asking for it on the CPU warns.
+    """
+    dev = resolve_device(device)
+    dtype = dtype or torch.float32
+    if dev.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(
+            f"{dtype} on the CPU is usually much slower than float32; use float32 unless this "
+            "CPU has native half-precision matrix units",
+            stacklevel=2,
+        )
+    return model.to(device=dev, dtype=dtype)

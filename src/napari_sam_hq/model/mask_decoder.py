@@ -1,0 +1,197 @@
+"""HQ mask decoder: SAM's decoder plus the HQ output token and the HQ feature fusion.
+
+Shapes: image embedding ``1 x 256 x 64 x 64``; early ViT feature ``1 x 64 x 64 x Cv``;
+``B`` prompts; low-resolution mask logits ``B x M x 256 x 256``.
+
+Split for speed, with the same arithmetic as the official module:
+
+- ``hq_features`` (``embedding_encoder`` + ``compress_vit_feat``, ~8.3 GFLOP for ViT-B)
+  does not depend on the prompt: the engine computes it once per image.
+- The HQ mask is ``h . (conv3(y) + hq_features)`` with ``h`` the 32-vector of
+  ``hf_mlp`` and ``y`` the activation before ``embedding_maskfeature``'s last 3x3
+  convolution. Everything after ``y`` is linear, so ``h`` is folded into that
+  convolution's weights: one output channel per prompt instead of 32. ``fused=False``
+  keeps the plain order of operations; a test checks that both agree.
+
+Outputs (decided semantics):
+
+- ``multimask_output=False``: one mask, SAM token 0 + HQ token, score = IoU of token 0.
+- ``multimask_output=True``: three candidates (SAM tokens 1-3, each + HQ), sorted by
+  score, best first; the best is what the official code returns.
+- ``hq_token_only=True``: the HQ logits alone, one mask; its score is the IoU of the
+  token the official code would select (token 0, or the best of 1-3 with multimask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them: ``... x in`` -> ``... x out``."""
+
+    def __init__(self, *, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+def _upscale_2x2(in_dim: int, mid_dim: int, out_dim: int) -> nn.Sequential:
+    """Two stride-2 transposed convolutions (x4 in size) with LayerNorm2d + GELU between."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_dim, mid_dim, kernel_size=2, stride=2),
+        LayerNorm2d(mid_dim),
+        nn.GELU(),
+        nn.ConvTranspose2d(mid_dim, out_dim, kernel_size=2, stride=2),
+    )
+
+
+class MaskDecoderHQ(nn.Module):
+    def __init__(
+        self,
+        *,
+        transformer: TwoWayTransformer,
+        transformer_dim: int = 256,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        vit_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        c = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_sam_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, c)
+        self.mask_tokens = nn.Embedding(self.num_sam_tokens, c)
+        self.output_upscaling = nn.Sequential(*_upscale_2x2(c, c // 4, c // 8), nn.GELU())
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(input_dim=c, hidden_dim=c, output_dim=c // 8, num_layers=3)
+            for _ in range(self.num_sam_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            input_dim=c,
+            hidden_dim=iou_head_hidden_dim,
+            output_dim=self.num_sam_tokens,
+            num_layers=iou_head_depth,
+        )
+        # HQ-SAM: output token, its hypernetwork, and the three fusion branches.
+        self.hf_token = nn.Embedding(1, c)
+        self.hf_mlp = MLP(input_dim=c, hidden_dim=c, output_dim=c // 8, num_layers=3)
+        self.compress_vit_feat = _upscale_2x2(vit_dim, c, c // 8)
+        self.embedding_encoder = _upscale_2x2(c, c // 4, c // 8)
+        self.embedding_maskfeature = nn.Sequential(
+            nn.Conv2d(c // 8, c // 4, 3, 1, 1),
+            LayerNorm2d(c // 4),
+            nn.GELU(),
+            nn.Conv2d(c // 4, c // 8, 3, 1, 1),
+        )
+
+    def hq_features(self, image_embeddings: torch.Tensor, early_features: torch.Tensor) -> torch.Tensor:
+        """Prompt-independent HQ features: ``B x 256 x 64 x 64``, ``B x 64 x 64 x Cv`` -> ``B x 32 x 256 x 256``."""
+        # B H W C -> B C H W
+        vit = early_features.permute(0, 3, 1, 2)
+        return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        hq_features: torch.Tensor,
+        *,
+        fused: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All heads: SAM logits ``B x 4 x 256 x 256``, HQ logits ``B x 1 x 256 x 256``, IoU ``B x 4``.
+
+        ``image_embeddings``, ``image_pe`` and ``hq_features`` have batch 1 and serve all
+        ``B`` prompts; ``dense_prompt_embeddings`` has batch 1 or ``B``.
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat(
+            [self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight], dim=0
+        )
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
+        )
+        src = (image_embeddings + dense_prompt_embeddings).expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
+
+        # B hw C -> B C h w
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_sam = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )  # B x 4 x 32
+        hyper_hq = self.hf_mlp(mask_tokens_out[:, self.num_sam_tokens])  # B x 32
+        uh, uw = upscaled.shape[-2:]
+        sam_logits = (hyper_sam @ upscaled.flatten(2)).view(b, -1, uh, uw)
+
+        if fused:
+            hq_logits = self._hq_logits_fused(upscaled, hyper_hq, hq_features)
+        else:
+            hq_embedding = self.embedding_maskfeature(upscaled) + hq_features
+            hq_logits = (hyper_hq[:, None] @ hq_embedding.flatten(2)).view(b, 1, uh, uw)
+        return sam_logits, hq_logits, self.iou_prediction_head(iou_token_out)
+
+    def _hq_logits_fused(
+        self, upscaled: torch.Tensor, hyper_hq: torch.Tensor, hq_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``h . (conv3(y) + hq)`` with ``h`` folded into ``conv3``: ``B x 1 x 256 x 256``."""
+        b, _, uh, uw = upscaled.shape
+        conv1, norm, act, conv3 = self.embedding_maskfeature
+        y = act(norm(conv1(upscaled)))  # B x 64 x 256 x 256
+        # Per prompt, a 64 -> 1 kernel: sum_o h[o] * W3[o]  (B x 64 x 3 x 3).
+        weight = torch.einsum("bo,oikl->bikl", hyper_hq, conv3.weight)
+        bias = hyper_hq @ conv3.bias  # B
+        logits = F.conv2d(y.reshape(1, -1, uh, uw), weight, padding=1, groups=b).view(b, uh * uw)
+        # 1 x 32 x 256 x 256 -> 32 x 65536, shared by all prompts
+        logits = logits + bias[:, None] + hyper_hq @ hq_features.flatten(1).view(-1, uh * uw)
+        return logits.view(b, 1, uh, uw)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        hq_features: torch.Tensor,
+        *,
+        multimask_output: bool,
+        hq_token_only: bool,
+        fused: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring)."""
+        sam, hq, iou = self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            hq_features,
+            fused=fused,
+        )
+        if multimask_output:
+            scores, order = iou[:, 1:].sort(dim=1, descending=True, stable=True)
+            if hq_token_only:
+                return hq, scores[:, :1]
+            index = order[:, :, None, None].expand(-1, -1, *sam.shape[-2:])
+            return sam[:, 1:].gather(1, index) + hq, scores
+        if hq_token_only:
+            return hq, iou[:, :1]
+        return sam[:, :1] + hq, iou[:, :1]

@@ -1,0 +1,72 @@
+"""The SAM-HQ model: image encoder, prompt encoder and HQ mask decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoderHQ
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class SamHQ(nn.Module):
+    """Container with the official module names, so official checkpoints load strictly.
+
+    ``name`` is the registry name of the size (``vit_b`` ...); ``checkpoint_id`` says
+    which weights were loaded (a file hash or ``"random"``), for cache keys.
+    """
+
+    mask_threshold: float = 0.0
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT | TinyViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoderHQ,
+        name: str = "custom",
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.name = name
+        self.checkpoint_id = "random"
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mask_decoder.iou_token.weight.dtype
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x h x w`` RGB in [0, 255], model-input frame -> normalised ``B x 3 x 1024 x 1024``.
+
+        Normalisation happens before the zero padding, as in the official code.
+        """
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything that depends on the image only.
+
+        ``B x 3 x h x w`` in [0, 255] -> image embedding ``B x 256 x 64 x 64``, early
+        feature ``B x 64 x 64 x Cv`` and HQ features ``B x 32 x 256 x 256``.
+        """
+        embedding, early = self.image_encoder(self.preprocess(x.to(self.dtype)))
+        return embedding, early, self.mask_decoder.hq_features(embedding, early)

@@ -1,0 +1,327 @@
+"""TinyViT image encoder of Light HQ-SAM (``vit_tiny``, the MobileSAM backbone).
+
+Four stages: MBConv blocks at 256 x 256 tokens, then windowed-attention stages at
+128 x 128, 64 x 64 and 64 x 64 (the last downsampling has stride 1). The early feature
+SAM-HQ fuses is the output of stage 2 (after its patch merging): ``B x 64 x 64 x 160``.
+
+Parameter names follow the official checkpoint (``Conv2d_BN`` is a ``Sequential`` of
+``c`` and ``bn``; the unused classification head ``norm_head``/``head`` is kept so the
+checkpoint loads with ``strict=True``). The attention bias table is gathered from the
+loaded ``attention_biases`` at every call: the official module caches it at ``.eval()``
+time, which goes stale when weights are loaded afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+
+
+class Conv2dBN(nn.Sequential):
+    """Bias-free convolution followed by BatchNorm (inference statistics)."""
+
+    def __init__(
+        self, a: int, b: int, *, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1
+    ) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(b))
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 3x3 convolutions: ``B x 3 x 1024 x 1024`` -> ``B x C0 x 256 x 256``."""
+
+    def __init__(self, *, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            Conv2dBN(in_chans, embed_dim // 2, ks=3, stride=2, pad=1),
+            nn.GELU(),
+            Conv2dBN(embed_dim // 2, embed_dim, ks=3, stride=2, pad=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project; ``B x C x H x W``."""
+
+    def __init__(self, *, chans: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(chans * expand_ratio)
+        self.conv1 = Conv2dBN(chans, hidden)
+        self.act1 = nn.GELU()
+        self.conv2 = Conv2dBN(hidden, hidden, ks=3, pad=1, groups=hidden)
+        self.act2 = nn.GELU()
+        self.conv3 = Conv2dBN(hidden, chans)
+        self.act3 = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """1x1, depthwise 3x3 (stride 1 or 2), 1x1; returns tokens ``B x N x C_out``."""
+
+    def __init__(
+        self, *, input_resolution: tuple[int, int], dim: int, out_dim: int, stride: int
+    ) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.act = nn.GELU()
+        self.conv1 = Conv2dBN(dim, out_dim)
+        self.conv2 = Conv2dBN(out_dim, out_dim, ks=3, stride=stride, pad=1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            h, w = self.input_resolution
+            # B N C -> B C H W
+            x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+        # B C H W -> B N C
+        return x.flatten(2).transpose(1, 2)
+
+
+class ConvLayer(nn.Module):
+    """Stage 0: MBConv blocks on ``B x C x H x W`` then patch merging to tokens."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        out_dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        expand_ratio: float,
+        merge_stride: int,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            MBConv(chans=dim, expand_ratio=expand_ratio) for _ in range(depth)
+        )
+        self.downsample = PatchMerging(
+            input_resolution=input_resolution, dim=dim, out_dim=out_dim, stride=merge_stride
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+class Mlp(nn.Module):
+    """Pre-norm feed-forward: ``fc2(gelu(fc1(norm(x))))``."""
+
+    def __init__(self, *, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class Attention(nn.Module):
+    """Pre-norm window attention with a learned bias per head and |offset| (LeViT style)."""
+
+    def __init__(self, *, dim: int, key_dim: int, num_heads: int, resolution: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * key_dim * num_heads)
+        self.proj = nn.Linear(key_dim * num_heads, dim)
+        points = list(itertools.product(range(resolution), range(resolution)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = []
+        for p1 in points:
+            for p2 in points:
+                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+                idxs.append(offsets.setdefault(off, len(offsets)))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        n = len(points)
+        self.register_buffer(
+            "attention_bias_idxs", torch.tensor(idxs).view(n, n), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x N x C`` (N = window area) -> same."""
+        b, n, _ = x.shape
+        qkv = self.qkv(self.norm(x))
+        # B N (heads 3d) -> B N heads 3d -> split -> B heads N d
+        q, k, v = (
+            t.transpose(1, 2)
+            for t in qkv.view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
+        )
+        bias = self.attention_biases[:, self.attention_bias_idxs]  # heads x N x N
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention (zero-padded windows), depthwise local conv, MLP; tokens ``B x N x C``."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+    ) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.window_size = window_size
+        self.attn = Attention(
+            dim=dim, key_dim=dim // num_heads, num_heads=num_heads, resolution=window_size
+        )
+        self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio))
+        self.local_conv = Conv2dBN(dim, dim, ks=3, pad=1, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.input_resolution
+        b, n, c = x.shape
+        ws = self.window_size
+        if h == ws and w == ws:
+            attn = self.attn(x)
+        else:
+            y = x.view(b, h, w, c)
+            pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+            if pad_b or pad_r:
+                y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+            ph, pw = h + pad_b, w + pad_r
+            nh, nw = ph // ws, pw // ws
+            # B Hp Wp C -> (B nh nw) (ws ws) C
+            y = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+            y = self.attn(y)
+            # (B nh nw) (ws ws) C -> B Hp Wp C -> B N C
+            y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+            attn = y[:, :h, :w].reshape(b, n, c)
+        x = x + attn
+        # B N C -> B C H W -> local conv -> B N C
+        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class BasicLayer(nn.Module):
+    """Stages 1-3: TinyViT blocks, then (except the last stage) patch merging."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        out_dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        merge_stride: int | None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(
+                dim=dim,
+                input_resolution=input_resolution,
+                num_heads=num_heads,
+                window_size=window_size,
+                mlp_ratio=mlp_ratio,
+            )
+            for _ in range(depth)
+        )
+        self.downsample = (
+            None
+            if merge_stride is None
+            else PatchMerging(
+                input_resolution=input_resolution, dim=dim, out_dim=out_dim, stride=merge_stride
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class TinyViT(nn.Module):
+    """Returns ``(image_embedding B x 256 x 64 x 64, early_feature B x 64 x 64 x C2)``."""
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        in_chans: int = 3,
+        embed_dims: Sequence[int] = (64, 128, 160, 320),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (2, 4, 5, 10),
+        window_sizes: Sequence[int] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        num_classes: int = 1000,
+        out_chans: int = 256,
+    ) -> None:
+        super().__init__()
+        if len(embed_dims) != 4:
+            raise ValueError("TinyViT has exactly four stages")
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(in_chans=in_chans, embed_dim=embed_dims[0])
+        res0 = img_size // 4
+        # Token grid side per stage; the last merging keeps the resolution (stride 1).
+        sides = (res0, res0 // 2, res0 // 4, res0 // 4)
+        self.embedding_side = sides[3]
+        self.layers = nn.ModuleList()
+        for i in range(4):
+            merge_stride = None if i == 3 else (1 if i == 2 else 2)
+            out_dim = embed_dims[min(i + 1, 3)]
+            if i == 0:
+                layer: nn.Module = ConvLayer(
+                    dim=embed_dims[0],
+                    out_dim=out_dim,
+                    input_resolution=(sides[0], sides[0]),
+                    depth=depths[0],
+                    expand_ratio=mbconv_expand_ratio,
+                    merge_stride=2,
+                )
+            else:
+                layer = BasicLayer(
+                    dim=embed_dims[i],
+                    out_dim=out_dim,
+                    input_resolution=(sides[i], sides[i]),
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window_size=window_sizes[i],
+                    mlp_ratio=mlp_ratio,
+                    merge_stride=merge_stride,
+                )
+            self.layers.append(layer)
+        # Classification head of the ImageNet pretraining: unused, present in the checkpoints.
+        self.norm_head = nn.LayerNorm(embed_dims[-1])
+        self.head = nn.Linear(embed_dims[-1], num_classes)
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64``, ``B x 64 x 64 x C2``)."""
+        side = self.embedding_side
+        x = self.layers[0](self.patch_embed(x))
+        x = self.layers[1](x)
+        early = x.view(x.shape[0], side, side, -1)  # B N C -> B H W C
+        x = self.layers[3](self.layers[2](x))
+        # B N C -> B H W C -> B C H W
+        x = x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        return self.neck(x), early
