@@ -91,23 +91,30 @@ def official_model(name: str) -> nn.Module:
 
 
 def noisy_state_dict(model: nn.Module, *, seed: int, scale: float = 0.02) -> dict[str, torch.Tensor]:
-    """The model's state dict with seeded noise added to every floating-point tensor.
+    """The model's state dict with seeded noise on every floating-point tensor.
 
     Random initialisation leaves relative-position tables, TinyViT attention biases, the
-    HQ token and LayerNorm/BatchNorm parameters zero or constant, which would hide bugs in
-    the code that uses them. BatchNorm variances stay positive.
+    HQ token and LayerNorm/BatchNorm parameters zero or constant (and ``transformers``
+    initialises matrices with std 1e-10), which would hide bugs in the code that uses
+    them. Matrices get 10% relative noise, or a fresh 1/sqrt(fan-in) draw where their
+    init is degenerate; vectors get N(0, ``scale``); BatchNorm variances stay positive.
     """
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, value in model.state_dict().items():
         if value.is_floating_point():
-            noise = torch.randn(value.shape, generator=gen) * scale
+            noise = torch.randn(value.shape, generator=gen)
             if key.endswith("running_var"):
-                value = value + noise.abs()
-            elif value.ndim >= 2 and value.abs().max() > 0:
-                value = value + noise * (value.std() / scale if value.std() > 0 else 1.0) * 0.1
+                value = value + scale * noise.abs()
+            elif value.ndim >= 2:
+                fan_in = max(1, value[0].numel())
+                std = float(value.std()) if value.numel() > 1 else 0.0
+                if std < 1e-4:
+                    value = noise * fan_in**-0.5
+                else:
+                    value = value + 0.1 * std * noise
             else:
-                value = value + noise
+                value = value + scale * noise
         out[key] = value.clone()
     return out
 

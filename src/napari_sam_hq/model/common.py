@@ -1,10 +1,24 @@
-"""Layers shared by more than one block: ``LayerNorm2d`` and ``MLPBlock``."""
+"""Shared by more than one block: ``LayerNorm2d``, ``MLPBlock`` and ``exhaust``."""
 
 from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+T = TypeVar("T")
+
+
+def exhaust(gen: Generator[object, None, T]) -> T:
+    """Run a step generator to the end and return its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 class LayerNorm2d(nn.Module):

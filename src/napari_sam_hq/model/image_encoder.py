@@ -18,13 +18,13 @@ keeps the plain formula for tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, exhaust
 
 # Upper bound on the bias band built at once, in bytes. Small bands stay in cache: measured
 # on 2 cores, 2 query rows (25 MB for ViT-B) ran global attention about 1.8x faster than one
@@ -80,16 +80,26 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64``, ``B x 64 x 64 x C``)."""
+    @property
+    def num_steps(self) -> int:
+        """Steps ``iter_forward`` yields: one per block."""
+        return len(self.blocks)
+
+    def iter_forward(self, x: torch.Tensor) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor]]:
+        """``forward`` one block at a time: yields the number of blocks done, returns the outputs."""
         x = self.patch_embed(x) + self.pos_embed
         early = x
         for i, blk in enumerate(self.blocks):
             x = blk(x)
             if i == self.early_index:
                 early = x
+            yield i + 1
         # B H W C -> B C H W
         return self.neck(x.permute(0, 3, 1, 2)), early
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64``, ``B x 64 x 64 x C``)."""
+        return exhaust(self.iter_forward(x))
 
 
 class PatchEmbed(nn.Module):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import exhaust
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoderHQ
 from .prompt_encoder import PromptEncoder
@@ -62,11 +65,24 @@ class SamHQ(nn.Module):
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything that depends on the image only.
+    @property
+    def num_encode_steps(self) -> int:
+        return self.image_encoder.num_steps + 1
 
-        ``B x 3 x h x w`` in [0, 255] -> image embedding ``B x 256 x 64 x 64``, early
-        feature ``B x 64 x 64 x Cv`` and HQ features ``B x 32 x 256 x 256``.
+    def iter_encode(
+        self, x: torch.Tensor
+    ) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Everything that depends on the image only, one encoder step at a time.
+
+        ``B x 3 x h x w`` in [0, 255] (model-input frame) -> image embedding
+        ``B x 256 x 64 x 64``, early feature ``B x 64 x 64 x Cv`` and HQ features
+        ``B x 32 x 256 x 256``. Yields the steps done out of ``num_encode_steps``.
         """
-        embedding, early = self.image_encoder(self.preprocess(x.to(self.dtype)))
-        return embedding, early, self.mask_decoder.hq_features(embedding, early)
+        embedding, early = yield from self.image_encoder.iter_forward(self.preprocess(x.to(self.dtype)))
+        hq = self.mask_decoder.hq_features(embedding, early)
+        yield self.num_encode_steps
+        return embedding, early, hq
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``iter_encode`` run to the end."""
+        return exhaust(self.iter_encode(x))

@@ -14,13 +14,13 @@ time, which goes stale when weights are loaded afterwards.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, exhaust
 
 
 class Conv2dBN(nn.Sequential):
@@ -315,13 +315,25 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64``, ``B x 64 x 64 x C2``)."""
+    @property
+    def num_steps(self) -> int:
+        """Steps ``iter_forward`` yields: one per stage."""
+        return len(self.layers)
+
+    def iter_forward(self, x: torch.Tensor) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor]]:
+        """``forward`` one stage at a time: yields the number of stages done, returns the outputs."""
         side = self.embedding_side
-        x = self.layers[0](self.patch_embed(x))
-        x = self.layers[1](x)
-        early = x.view(x.shape[0], side, side, -1)  # B N C -> B H W C
-        x = self.layers[3](self.layers[2](x))
+        x = self.patch_embed(x)
+        early = x
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i == 1:
+                early = x.view(x.shape[0], side, side, -1)  # B N C -> B H W C
+            yield i + 1
         # B N C -> B H W C -> B C H W
         x = x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2)
         return self.neck(x), early
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64``, ``B x 64 x 64 x C2``)."""
+        return exhaust(self.iter_forward(x))

@@ -1,0 +1,320 @@
+"""``SamHQPredictor``: set an image once, then ask for masks from prompts, many times.
+
+``set_image`` computes everything that depends only on the image (the image embedding,
+the early ViT feature and the HQ features); ``predict`` and ``predict_batch`` run only
+the prompt encoder and the decoder. Coordinates are (x, y) pixels of the original image,
+boxes XYXY; see ``transforms`` for the frames and the intensity rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model.common import exhaust
+from ..model.sam_hq import SamHQ
+from .transforms import LOW_RES, Frames, resize_longest_side, to_model_rgb
+
+# Prompts decoded per call inside predict_batch: bounds memory (~25 MB per prompt).
+DECODE_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Masks for one prompt: ``N`` candidates, best first.
+
+    ``masks`` N x H x W bool (original frame); ``scores`` N (predicted IoU);
+    ``low_res_logits`` N x 256 x 256 (feed one back as ``mask_input``).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """Masks for ``B`` prompts: ``masks`` B x N x H x W, ``scores`` B x N, ``low_res_logits`` B x N x 256 x 256."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return Prediction(self.masks[i], self.scores[i], self.low_res_logits[i])
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """What ``set_image`` computes that cannot be recomputed cheaply, as numpy arrays.
+
+    ``image_embedding`` 1 x 256 x 64 x 64 and ``early_feature`` 1 x 64 x 64 x Cv
+    (float32 or float16 for storage); the frames; and the model that made them.
+    """
+
+    image_embedding: np.ndarray
+    early_feature: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model_name: str
+    checkpoint_id: str
+
+
+class SamHQPredictor:
+    """Interactive SAM-HQ on one image at a time.
+
+    >>> predictor = SamHQPredictor(load_model("vit_b"))
+    >>> predictor.set_image(image)
+    >>> result = predictor.predict(point_coords=[[120, 80]], point_labels=[1])
+    >>> result.masks[0]  # H x W bool
+    """
+
+    def __init__(self, model: SamHQ) -> None:
+        self.model = model
+        with torch.inference_mode():
+            self._dense_pe = model.prompt_encoder.get_dense_pe()
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+
+    def reset_image(self) -> None:
+        self._frames: Frames | None = None
+        self._embedding: torch.Tensor | None = None
+        self._early: torch.Tensor | None = None
+        self._hq: torch.Tensor | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._frames is not None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._require_image().original_size
+
+    def iter_set_image(
+        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
+    ) -> Generator[float, None, None]:
+        """``set_image`` as a generator: yields the fraction done (0-1) after each encoder step.
+
+        Stopping the generator early leaves the predictor without an image, never half set.
+        """
+        self.reset_image()
+        rgb = to_model_rgb(image, contrast_limits=contrast_limits)
+        frames = Frames.for_image(rgb.shape[0], rgb.shape[1])
+        resized = resize_longest_side(rgb)
+        model = self.model
+        with torch.inference_mode():
+            # h w 3 -> 1 3 h w
+            x = torch.as_tensor(resized.astype(np.float32, copy=False), device=model.device)
+            x = x.permute(2, 0, 1)[None]
+            steps = model.iter_encode(x)
+            total = model.num_encode_steps
+            try:
+                while True:
+                    yield next(steps) / total
+            except StopIteration as stop:
+                embedding, early, hq = stop.value
+        self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
+
+    def set_image(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None) -> None:
+        """Compute the image embedding of ``image`` (H x W, H x W x C; any real dtype)."""
+        exhaust(self.iter_set_image(image, contrast_limits=contrast_limits))
+
+    def get_image_embedding(self, *, dtype: np.dtype | type = np.float32) -> ImageEmbedding:
+        frames = self._require_image()
+        assert self._embedding is not None and self._early is not None
+        return ImageEmbedding(
+            image_embedding=self._embedding.float().cpu().numpy().astype(dtype),
+            early_feature=self._early.float().cpu().numpy().astype(dtype),
+            original_size=frames.original_size,
+            input_size=frames.input_size,
+            model_name=self.model.name,
+            checkpoint_id=self.model.checkpoint_id,
+        )
+
+    def set_image_embedding(self, emb: ImageEmbedding) -> None:
+        """Use an embedding computed earlier (by this model) instead of ``set_image``."""
+        model = self.model
+        if (emb.model_name, emb.checkpoint_id) != (model.name, model.checkpoint_id):
+            raise ValueError(
+                f"this embedding was computed by {emb.model_name} (weights {emb.checkpoint_id}); "
+                f"the predictor runs {model.name} (weights {model.checkpoint_id}): recompute it "
+                "with set_image"
+            )
+        vit_dim = model.mask_decoder.compress_vit_feat[0].in_channels
+        if emb.image_embedding.shape != (1, 256, 64, 64) or emb.early_feature.shape != (1, 64, 64, vit_dim):
+            raise ValueError(
+                f"embedding shapes {emb.image_embedding.shape} / {emb.early_feature.shape} do not "
+                f"match the model (1, 256, 64, 64) / (1, 64, 64, {vit_dim})"
+            )
+        frames = Frames.for_image(*emb.original_size)
+        if frames.input_size != tuple(emb.input_size):
+            raise ValueError(f"input size {emb.input_size} does not follow from {emb.original_size}")
+        self.reset_image()
+        with torch.inference_mode():
+            embedding = torch.as_tensor(emb.image_embedding, device=model.device).to(model.dtype)
+            early = torch.as_tensor(emb.early_feature, device=model.device).to(model.dtype)
+            hq = model.mask_decoder.hq_features(embedding, early)
+        self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
+
+    # ------------------------------------------------------------------ prompts
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ) -> Prediction:
+        """Masks for one object.
+
+        ``point_coords`` N x 2 (x, y) pixels with ``point_labels`` N (1 foreground, 0
+        background); ``box`` 4 XYXY pixels; ``mask_input`` 256 x 256 low-res logits from
+        an earlier prediction. At least one prompt is needed.
+        """
+        coords = None if point_coords is None else np.asarray(point_coords, dtype=np.float64)[None]
+        labels = None if point_labels is None else np.asarray(point_labels)[None]
+        boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(1, -1)
+        masks = None if mask_input is None else np.asarray(mask_input)[None]
+        return self.predict_batch(
+            point_coords=coords,
+            point_labels=labels,
+            boxes=boxes,
+            mask_input=masks,
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+        )[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ) -> BatchPrediction:
+        """Masks for ``B`` objects at once: ``point_coords`` B x N x 2, ``point_labels`` B x N,
+        ``boxes`` B x 4, ``mask_input`` B x 256 x 256 (any subset; B must agree)."""
+        frames = self._require_image()
+        coords, labels, boxes_in, masks_in, b = _check_prompts(
+            frames, point_coords, point_labels, boxes, mask_input
+        )
+        model = self.model
+        dev, dtype = model.device, model.dtype
+        out_masks, out_scores, out_low = [], [], []
+        with torch.inference_mode():
+            for s in range(0, b, DECODE_CHUNK):
+                sl = slice(s, min(b, s + DECODE_CHUNK))
+                points = None
+                if coords is not None:
+                    points = (
+                        torch.as_tensor(frames.coords_to_input(coords[sl]), dtype=torch.float32, device=dev),
+                        torch.as_tensor(labels[sl], dtype=torch.int64, device=dev),
+                    )
+                box_t = None
+                if boxes_in is not None:
+                    box_t = torch.as_tensor(frames.boxes_to_input(boxes_in[sl]), dtype=torch.float32, device=dev)
+                mask_t = None
+                if masks_in is not None:
+                    mask_t = torch.as_tensor(masks_in[sl], device=dev).to(dtype)[:, None]
+                sparse, dense = model.prompt_encoder(points, box_t, mask_t)
+                if mask_t is None:
+                    dense = dense[:1]  # the constant "no mask" embedding serves every prompt
+                logits, scores = model.mask_decoder(
+                    self._embedding,
+                    self._dense_pe,
+                    sparse.to(dtype),
+                    dense,
+                    self._hq,
+                    multimask_output=multimask_output,
+                    hq_token_only=hq_token_only,
+                )
+                full = frames.logits_to_original(logits.float())
+                out_masks.append((full > model.mask_threshold).cpu().numpy())
+                out_scores.append(scores.float().cpu().numpy())
+                out_low.append(logits.float().cpu().numpy())
+        return BatchPrediction(
+            masks=np.concatenate(out_masks),
+            scores=np.concatenate(out_scores),
+            low_res_logits=np.concatenate(out_low),
+        )
+
+    def _require_image(self) -> Frames:
+        if self._frames is None:
+            raise RuntimeError("no image is set: call set_image(image) (or set_image_embedding) first")
+        return self._frames
+
+
+def _check_prompts(
+    frames: Frames,
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    mask_input: np.ndarray | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, int]:
+    """Validate batched prompts in the original frame; returns them as arrays and B."""
+    h, w = frames.original_size
+    sizes = []
+    coords = labels = boxes_arr = masks = None
+    if point_coords is not None or point_labels is not None:
+        if point_coords is None or point_labels is None:
+            raise ValueError("point_coords and point_labels go together: give both or neither")
+        coords = np.asarray(point_coords, dtype=np.float64)
+        labels = np.asarray(point_labels)
+        if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
+            raise ValueError(f"point_coords must be B x N x 2 (x, y) with N >= 1, got shape {coords.shape}")
+        if labels.shape != coords.shape[:2]:
+            raise ValueError(f"point_labels must be B x N = {coords.shape[:2]}, got shape {labels.shape}")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+        labels = labels.astype(np.int64)
+        _check_inside(coords, h, w, "point")
+        sizes.append(coords.shape[0])
+    if boxes is not None:
+        boxes_arr = np.asarray(boxes, dtype=np.float64)
+        if boxes_arr.ndim != 2 or boxes_arr.shape[-1] != 4:
+            raise ValueError(f"boxes must be B x 4 XYXY, got shape {boxes_arr.shape}")
+        if (boxes_arr[:, 2] < boxes_arr[:, 0]).any() or (boxes_arr[:, 3] < boxes_arr[:, 1]).any():
+            raise ValueError("boxes must be XYXY with x0 <= x1 and y0 <= y1 (x is the column)")
+        _check_inside(boxes_arr.reshape(-1, 2, 2), h, w, "box corner")
+        sizes.append(boxes_arr.shape[0])
+    if mask_input is not None:
+        masks = np.asarray(mask_input, dtype=np.float32)
+        if masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.ndim != 3 or masks.shape[1:] != (LOW_RES, LOW_RES):
+            raise ValueError(
+                f"mask_input must be B x 256 x 256 low-res logits (a previous low_res_logits), got {masks.shape}"
+            )
+        sizes.append(masks.shape[0])
+    if not sizes:
+        raise ValueError("give at least one prompt: points, a box or a mask_input")
+    if len(set(sizes)) != 1:
+        raise ValueError(f"points, boxes and mask_input must describe the same number of objects, got {sizes}")
+    if sizes[0] == 0:
+        raise ValueError("no prompts: the batch is empty")
+    return coords, labels, boxes_arr, masks, sizes[0]
+
+
+def _check_inside(xy: np.ndarray, h: int, w: int, what: str) -> None:
+    """(x, y) must lie on the image: pixel centres are integers, edges at -0.5 and size - 0.5."""
+    if not np.isfinite(xy).all():
+        raise ValueError(f"{what} coordinates must be finite numbers")
+    x, y = xy[..., 0], xy[..., 1]
+    tol = 1e-6
+    outside = (x < -0.5 - tol) | (x > w - 0.5 + tol) | (y < -0.5 - tol) | (y > h - 0.5 + tol)
+    if outside.any():
+        bad = xy[outside][0]
+        raise ValueError(
+            f"{what} at (x={bad[0]:g}, y={bad[1]:g}) lies outside the {w} x {h} image "
+            "(x is the column, y the row)"
+        )

@@ -1,0 +1,124 @@
+"""Each fast path against its plain reference, and block-level invariants (small sizes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from napari_sam_hq.model import image_encoder as ie
+from napari_sam_hq.model.common import LayerNorm2d
+from napari_sam_hq.model.mask_decoder import MaskDecoderHQ
+from napari_sam_hq.model.tiny_vit import Attention as TinyAttention
+from napari_sam_hq.model.transformer import TwoWayTransformer
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (p[0].numel() ** -0.5 if p.ndim > 1 else 0.5))
+    return module
+
+
+@pytest.mark.parametrize("band_bytes", [1, 2**20, 2**40], ids=["row-bands", "few-bands", "one-band"])
+@pytest.mark.parametrize("size", [(14, 14), (16, 12)])
+def test_banded_attention_equals_plain_softmax(monkeypatch, band_bytes, size):
+    monkeypatch.setattr(ie, "_BIAS_BAND_BYTES", band_bytes)
+    attn = _randomise(ie.Attention(dim=32, num_heads=4, input_size=size), seed=0).eval()
+    x = torch.randn(2, *size, 32)
+    with torch.inference_mode():
+        assert_close(attn(x), attn.reference_attention(x), atol=1e-5, rtol=1e-5)
+
+
+def test_relative_positions_matter():
+    """A zero relative-position table would hide bugs: the bias must change the output."""
+    attn = _randomise(ie.Attention(dim=32, num_heads=4, input_size=(8, 8)), seed=1).eval()
+    x = torch.randn(1, 8, 8, 32)
+    with torch.inference_mode():
+        before = attn(x)
+        attn.rel_pos_w.add_(torch.randn_like(attn.rel_pos_w))  # a constant would cancel in softmax
+        assert (attn(x) - before).abs().max() > 1e-3
+
+
+def test_relative_table_rejects_wrong_input_size():
+    with pytest.raises(ValueError, match="expected 27"):
+        ie.relative_table(torch.zeros(31, 4), 14)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (14, 14), (20, 9)])
+def test_window_partition_round_trip(hw):
+    x = torch.randn(2, *hw, 5)
+    windows, padded = ie.window_partition(x, 14)
+    assert windows.shape[1:] == (14, 14, 5)
+    assert padded[0] % 14 == 0 and padded[1] % 14 == 0
+    assert torch.equal(ie.window_unpartition(windows, 14, padded, hw), x)
+
+
+def test_layernorm2d_matches_the_official_formula():
+    ln = _randomise(LayerNorm2d(6), seed=2)
+    x = torch.randn(3, 6, 5, 7) * 4 + 1
+    u = x.mean(1, keepdim=True)
+    s = (x - u).pow(2).mean(1, keepdim=True)
+    expected = ln.weight[:, None, None] * (x - u) / torch.sqrt(s + 1e-6) + ln.bias[:, None, None]
+    assert_close(ln(x), expected, atol=1e-5, rtol=1e-5)
+    # channels-last memory gives the same numbers
+    assert_close(ln(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_vit_attention_uses_the_loaded_biases():
+    """The official module caches its bias table at .eval(); ours reads the parameters every call."""
+    attn = _randomise(TinyAttention(dim=16, key_dim=8, num_heads=2, resolution=7), seed=3).eval()
+    x = torch.randn(2, 49, 16)
+    with torch.inference_mode():
+        before = attn(x)
+        attn.attention_biases.add_(torch.randn_like(attn.attention_biases))
+        assert (attn(x) - before).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def decoder() -> MaskDecoderHQ:
+    return _randomise(MaskDecoderHQ(transformer=TwoWayTransformer(), vit_dim=48), seed=4).eval()
+
+
+def _decoder_inputs(b: int, seed: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, 256, 64, 64, generator=gen)
+    pe = torch.randn(1, 256, 64, 64, generator=gen)
+    sparse = torch.randn(b, 3, 256, generator=gen)
+    dense = torch.randn(1, 256, 1, 1, generator=gen)
+    early = torch.randn(1, 64, 64, 48, generator=gen)
+    return emb, pe, sparse, dense, early
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_fused_hq_projection_equals_plain_path(decoder, b):
+    emb, pe, sparse, dense, early = _decoder_inputs(b)
+    with torch.inference_mode():
+        hq = decoder.hq_features(emb, early)
+        sam_f, hq_f, iou_f = decoder.predict_masks(emb, pe, sparse, dense, hq, fused=True)
+        sam_p, hq_p, iou_p = decoder.predict_masks(emb, pe, sparse, dense, hq, fused=False)
+    assert hq_f.shape == (b, 1, 256, 256) and sam_f.shape == (b, 4, 256, 256)
+    assert_close(hq_f, hq_p, atol=2e-4, rtol=1e-4)
+    assert_close(sam_f, sam_p)
+    assert_close(iou_f, iou_p)
+
+
+def test_multimask_candidates_are_sorted_and_combine_sam_with_hq(decoder):
+    emb, pe, sparse, dense, early = _decoder_inputs(4, seed=6)
+    with torch.inference_mode():
+        hq = decoder.hq_features(emb, early)
+        sam, hq_logits, iou = decoder.predict_masks(emb, pe, sparse, dense, hq)
+        logits, scores = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False)
+        hq_only, hq_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=True)
+        single, single_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=False, hq_token_only=False)
+    assert logits.shape == (4, 3, 256, 256)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    for i in range(4):
+        best = int(iou[i, 1:].argmax()) + 1
+        assert_close(logits[i, 0], sam[i, best] + hq_logits[i, 0])
+        assert_close(scores[i, 0], iou[i, best])
+    assert_close(hq_only, hq_logits)
+    assert_close(hq_scores[:, 0], iou[:, 1:].max(dim=1).values)
+    assert_close(single, sam[:, :1] + hq_logits)
+    assert_close(single_scores[:, 0], iou[:, 0])
