@@ -63,13 +63,38 @@ def _install_stand_ins() -> None:
     _stub("timm.models.registry", register_model=lambda fn: fn)
 
 
+_STAND_INS = (
+    "torchvision",
+    "torchvision.transforms",
+    "torchvision.transforms.functional",
+    "torchvision.ops",
+    "torchvision.ops.boxes",
+    "timm",
+    "timm.models",
+    "timm.models.layers",
+    "timm.models.registry",
+)
+
+
 @cache
 def import_official():
-    """The official ``segment_anything_hq`` module (importable here thanks to the stand-ins)."""
-    if "torchvision" not in sys.modules or "timm" not in sys.modules:
-        _install_stand_ins()
-    import segment_anything_hq
+    """The official ``segment_anything_hq`` module (importable here thanks to the stand-ins).
 
+    The official modules bind the names they use at import time, so the stand-ins are
+    taken out of ``sys.modules`` again afterwards: other packages (transformers) probe
+    for torchvision and must keep seeing that it is not installed.
+    """
+    saved = {name: sys.modules.get(name) for name in _STAND_INS}
+    _install_stand_ins()
+    try:
+        import segment_anything_hq
+        import segment_anything_hq.automatic_mask_generator  # noqa: F401 - binds torchvision.ops names
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
     return segment_anything_hq
 
 
