@@ -1,0 +1,161 @@
+"""SamHQPredictor behaviour: inputs, errors, batching, embeddings, progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_hq.engine import SamHQPredictor
+from napari_sam_hq.model import build_sam_hq
+
+from ..conftest import blob_image
+
+
+@pytest.fixture(scope="module")
+def predictor(request) -> SamHQPredictor:
+    pair = request.getfixturevalue("small_pair")
+    p = SamHQPredictor(pair.ours)
+    p.set_image(blob_image(200, 300, seed=3))
+    return p
+
+
+def test_predict_before_set_image_says_so(small_pair):
+    with pytest.raises(RuntimeError, match=r"call set_image\(image\)"):
+        SamHQPredictor(small_pair.ours).predict(point_coords=[[1, 1]], point_labels=[1])
+
+
+def test_shapes_and_types(predictor):
+    single = predictor.predict(point_coords=[[150, 100]], point_labels=[1])
+    assert single.masks.shape == (1, 200, 300) and single.masks.dtype == bool
+    assert single.scores.shape == (1,) and single.low_res_logits.shape == (1, 256, 256)
+    multi = predictor.predict(point_coords=[[150, 100]], point_labels=[1], multimask_output=True)
+    assert multi.masks.shape == (3, 200, 300)
+    assert (np.diff(multi.scores) <= 0).all()
+
+
+def test_feeding_back_low_res_logits(predictor):
+    first = predictor.predict(box=[50, 40, 250, 160])
+    again = predictor.predict(point_coords=[[150, 100]], point_labels=[1], mask_input=first.low_res_logits)
+    assert again.masks.shape == (1, 200, 300)
+
+
+def test_batch_equals_one_by_one(predictor):
+    boxes = np.array([[10, 10, 120, 90], [100, 50, 290, 190], [0, 0, 299, 199]], float)
+    batch = predictor.predict_batch(boxes=boxes)
+    assert len(batch) == 3 and batch.masks.shape == (3, 1, 200, 300)
+    for i, box in enumerate(boxes):
+        one = predictor.predict(box=box)
+        np.testing.assert_allclose(batch[i].low_res_logits, one.low_res_logits, atol=1e-4)
+        np.testing.assert_allclose(batch[i].scores, one.scores, atol=1e-5)
+
+
+def test_batch_points_and_boxes_together(predictor):
+    pts = np.array([[[50, 50], [60, 60]], [[200, 150], [10, 10]]], float)
+    labels = np.array([[1, 1], [1, 0]])
+    boxes = np.array([[10, 10, 120, 90], [100, 50, 290, 190]], float)
+    out = predictor.predict_batch(point_coords=pts, point_labels=labels, boxes=boxes)
+    assert out.masks.shape == (2, 1, 200, 300)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "at least one prompt"),
+        (dict(point_coords=[[1, 1]]), "give both or neither"),
+        (dict(point_coords=[[1, 1]], point_labels=[2]), "1 \\(foreground\\) or 0"),
+        (dict(point_coords=[[1, 1]], point_labels=[1, 0]), "must be B x N"),
+        (dict(point_coords=[[400, 10]], point_labels=[1]), r"x=400, y=10\) lies outside the 300 x 200 image"),
+        (dict(point_coords=[[10, -3]], point_labels=[1]), "outside"),
+        (dict(point_coords=[[np.nan, 3]], point_labels=[1]), "finite"),
+        (dict(box=[100, 10, 50, 60]), "x0 <= x1"),
+        (dict(box=[0, 0, 500, 100]), "box corner .* outside"),
+        (dict(box=[1, 2, 3]), "B x 4"),
+        (dict(mask_input=np.zeros((64, 64))), "256 x 256"),
+    ],
+)
+def test_bad_prompts_get_clear_errors(predictor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.predict(**kwargs)
+
+
+def test_batch_sizes_must_agree(predictor):
+    with pytest.raises(ValueError, match="same number of objects"):
+        predictor.predict_batch(boxes=np.zeros((2, 4)) + [0, 0, 5, 5], point_coords=np.ones((3, 1, 2)),
+                                point_labels=np.ones((3, 1)))
+
+
+def test_edge_pixels_are_inside(predictor):
+    predictor.predict(point_coords=[[-0.5, 199.5]], point_labels=[1])
+    predictor.predict(box=[0, 0, 299, 199])
+
+
+def test_embedding_round_trip_gives_identical_predictions(small_pair):
+    a = SamHQPredictor(small_pair.ours)
+    a.set_image(blob_image(150, 220, seed=5))
+    emb = a.get_image_embedding()
+    b = SamHQPredictor(small_pair.ours)
+    b.set_image_embedding(emb)
+    pa = a.predict(point_coords=[[100, 70]], point_labels=[1])
+    pb = b.predict(point_coords=[[100, 70]], point_labels=[1])
+    np.testing.assert_array_equal(pa.low_res_logits, pb.low_res_logits)
+    assert b.original_size == (150, 220)
+    half = a.get_image_embedding(dtype=np.float16)
+    assert half.image_embedding.dtype == np.float16
+
+
+def test_embedding_from_another_model_is_refused(small_pair, tiny_pair):
+    a = SamHQPredictor(small_pair.ours)
+    a.set_image(blob_image(50, 60))
+    with pytest.raises(ValueError, match="computed by small_vit .* recompute it"):
+        SamHQPredictor(tiny_pair.ours).set_image_embedding(a.get_image_embedding())
+
+
+def test_iter_set_image_reports_progress_and_can_be_cancelled(small_pair):
+    p = SamHQPredictor(small_pair.ours)
+    fractions = list(p.iter_set_image(blob_image(64, 64)))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 3
+    assert p.is_image_set
+    gen = p.iter_set_image(blob_image(64, 64, seed=9))
+    next(gen)
+    gen.close()  # cancelled between blocks
+    assert not p.is_image_set
+    with pytest.raises(RuntimeError, match="no image is set"):
+        p.predict(point_coords=[[1, 1]], point_labels=[1])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        blob_image(40, 50, channels=1).astype(np.uint16) * 200,
+        blob_image(40, 50, channels=1).astype(np.float64) / 255 - 0.3,
+        np.dstack([blob_image(40, 50, channels=1)] * 2),
+        np.dstack([blob_image(40, 50)] + [np.full((40, 50), 255, np.uint8)]),
+        np.full((40, 50), 7.0),
+    ],
+    ids=["uint16", "float", "two-channel", "rgba", "constant"],
+)
+def test_every_documented_image_kind_segments(small_pair, image):
+    p = SamHQPredictor(small_pair.ours)
+    p.set_image(image)
+    assert p.predict(point_coords=[[25, 20]], point_labels=[1]).masks.shape == (1, 40, 50)
+
+
+def test_grey_equals_its_rgb_copy(small_pair):
+    grey = blob_image(60, 80, channels=1)
+    a, b = SamHQPredictor(small_pair.ours), SamHQPredictor(small_pair.ours)
+    a.set_image(grey)
+    b.set_image(np.dstack([grey] * 3))
+    np.testing.assert_array_equal(a.get_image_embedding().image_embedding, b.get_image_embedding().image_embedding)
+
+
+def test_float16_weights_run_end_to_end():
+    """Half precision is meant for GPUs; the code path must still be dtype-consistent."""
+    import torch
+
+    from napari_sam_hq.model.registry import ModelSpec, ViTSpec
+
+    model = build_sam_hq(ModelSpec("t", ViTSpec(32, 2, 2, (1,)))).to(dtype=torch.bfloat16)
+    p = SamHQPredictor(model)
+    p.set_image(blob_image(64, 64))
+    out = p.predict(point_coords=[[30, 30]], point_labels=[1], box=[5, 5, 60, 60])
+    assert out.masks.shape == (1, 64, 64) and out.low_res_logits.dtype == np.float32

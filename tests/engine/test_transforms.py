@@ -1,0 +1,100 @@
+"""Image and prompt transforms: the official resize, the documented intensity rules, frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_hq.engine.transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
+
+from ..conftest import blob_image
+from ..oracles import import_official
+
+
+@pytest.mark.parametrize("hw", [(512, 512), (300, 701), (1500, 333), (1024, 1024), (7, 5)])
+def test_resize_is_the_official_one(hw):
+    sah = import_official()
+    img = blob_image(*hw, seed=1)
+    official = sah.utils.transforms.ResizeLongestSide(1024)
+    assert preprocess_shape(*hw) == official.get_preprocess_shape(*hw, 1024)
+    assert np.array_equal(resize_longest_side(to_model_rgb(img)), official.apply_image(img))
+
+
+def test_float_resize_keeps_precision_and_agrees_with_uint8():
+    img = blob_image(300, 400, seed=2)
+    as_uint8 = resize_longest_side(img).astype(np.float32)
+    as_float = resize_longest_side(img.astype(np.float32))
+    assert as_float.dtype == np.float32
+    assert np.abs(as_float - as_uint8).max() < 1.0  # PIL's uint8 path rounds in fixed point
+
+
+def test_grey_and_single_channel_become_rgb():
+    grey = blob_image(20, 30, channels=1)
+    rgb = to_model_rgb(grey)
+    assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], grey) and np.array_equal(rgb[..., 2], grey)
+    assert np.array_equal(to_model_rgb(grey[..., None]), rgb)
+
+
+def test_two_channels_are_red_and_green_and_alpha_is_dropped():
+    two = np.stack([np.full((4, 4), 10, np.uint8), np.full((4, 4), 20, np.uint8)], axis=-1)
+    assert to_model_rgb(two)[0, 0].tolist() == [10, 20, 0]
+    rgba = np.dstack([np.full((4, 4, 3), 7, np.uint8), np.full((4, 4), 255, np.uint8)])
+    assert to_model_rgb(rgba)[0, 0].tolist() == [7, 7, 7]
+
+
+def test_uint16_is_stretched_from_min_to_max():
+    img = np.array([[1000, 3000], [2000, 1000]], np.uint16)
+    out = to_model_rgb(img)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[..., 0], [[0, 255], [127.5, 0]])
+
+
+def test_contrast_limits_are_what_the_user_sees():
+    img = np.array([[0.0, 0.5], [1.0, 2.0]])
+    out = to_model_rgb(img, contrast_limits=(0.5, 1.0))
+    np.testing.assert_allclose(out[..., 1], [[0, 0], [255, 255]])
+    with pytest.raises(ValueError, match="low <= high"):
+        to_model_rgb(img, contrast_limits=(1.0, 0.0))
+
+
+def test_nan_inf_and_constant_images():
+    img = np.array([[np.nan, 1.0], [np.inf, 3.0]])
+    out = to_model_rgb(img)[..., 0]
+    np.testing.assert_allclose(out, [[0, 0], [0, 255]])
+    assert not to_model_rgb(np.full((5, 5), 42.0)).any()
+    assert not to_model_rgb(np.full((5, 5), np.nan)).any()
+
+
+def test_bool_images_are_0_or_255():
+    out = to_model_rgb(np.eye(3, dtype=bool))
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 255}
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((5,), "not H x W"), ((3, 20, 30), "not H x W"), ((20, 30, 5), "not H x W"), ((0, 4), "empty")],
+)
+def test_bad_shapes_say_what_to_do(shape, match):
+    with pytest.raises(ValueError, match=match):
+        to_model_rgb(np.zeros(shape, np.uint8))
+
+
+def test_channels_first_hint():
+    with pytest.raises(ValueError, match="np.moveaxis"):
+        to_model_rgb(np.zeros((3, 20, 30, 7)))
+
+
+def test_frames_map_points_boxes_and_masks():
+    frames = Frames.for_image(500, 1000)
+    assert frames.input_size == (512, 1024)
+    np.testing.assert_allclose(frames.coords_to_input([[100, 50]]), [[102.4, 51.2]])
+    np.testing.assert_allclose(frames.boxes_to_input([[0, 0, 1000, 500]]), [[0, 0, 1024, 512]])
+    logits = torch.zeros(2, 3, 256, 256)
+    # The image fills the top 512 of the 1024 padded rows (128 low-res rows); mark the
+    # top 64 low-res rows, i.e. the top half of the image (250 of 500 original rows).
+    logits[..., :64, :] = 1.0
+    full = frames.logits_to_original(logits)
+    assert full.shape == (2, 3, 500, 1000)
+    assert (full[..., :245, :] > 0.5).all() and (full[..., 255:, :] < 0.5).all()

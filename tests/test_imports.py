@@ -1,0 +1,23 @@
+"""Imports point down only: the engine and the model load neither Qt nor napari."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+GUI_MODULES = ("qtpy", "napari", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6")
+
+
+@pytest.mark.parametrize("module", ["napari_sam_hq.model", "napari_sam_hq.engine"])
+def test_engine_and_model_do_not_import_gui(module):
+    code = f"import sys, {module}; print(','.join(m for m in {GUI_MODULES!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def test_package_import_is_light():
+    code = "import sys, napari_sam_hq; print('torch' in sys.modules, 'qtpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
