@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_hq.model import SamHQ, build_sam_hq
+from napari_sam_hq.model import SamHQ, build_sam_hq, prepare_for_inference
 from napari_sam_hq.model.checkpoints import load_into
 from napari_sam_hq.model.registry import ModelSpec, ViTSpec
 
@@ -30,7 +30,7 @@ def _pair(official: torch.nn.Module, ours: SamHQ, seed: int) -> Pair:
     official.load_state_dict(sd, strict=True)
     refresh_official(official)
     load_into(ours, sd, "test weights")
-    return Pair(official, ours, sd)
+    return Pair(official, prepare_for_inference(ours), sd)
 
 
 @pytest.fixture(scope="session")

@@ -122,3 +122,20 @@ def test_multimask_candidates_are_sorted_and_combine_sam_with_hq(decoder):
     assert_close(hq_scores[:, 0], iou[:, 1:].max(dim=1).values)
     assert_close(single, sam[:, :1] + hq_logits)
     assert_close(single_scores[:, 0], iou[:, 0])
+
+
+def test_batchnorm_folding_keeps_tiny_vit_outputs():
+    from napari_sam_hq.model import build_sam_hq, prepare_for_inference
+
+    from ..oracles import noisy_state_dict
+
+    plain = build_sam_hq("vit_tiny")
+    plain.load_state_dict(noisy_state_dict(plain, seed=8))
+    folded = build_sam_hq("vit_tiny")
+    folded.load_state_dict(plain.state_dict())
+    prepare_for_inference(folded)
+    assert not any(k.endswith("running_var") for k in folded.state_dict())
+    x = torch.rand(1, 3, 1024, 1024) * 255
+    with torch.inference_mode():
+        for a, b in zip(plain.encode(x), folded.encode(x)):
+            assert_close(a, b, atol=1e-4, rtol=1e-4)

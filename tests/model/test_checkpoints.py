@@ -16,6 +16,9 @@ from napari_sam_hq.model.checkpoints import detect_spec, hf_to_official, read_st
 from ..conftest import SMALL_VIT, blob_image
 from ..oracles import import_official, official_model, official_vit
 
+# Predicted IoU: float32 sums over 4096 image tokens; reduction order moves it ~1e-5.
+SCORE_ATOL = 1e-4
+
 
 @pytest.mark.parametrize("name", sorted(MODEL_SPECS))
 def test_every_official_size_has_our_exact_keys_and_shapes(name):
@@ -37,11 +40,16 @@ def test_every_official_size_has_our_exact_keys_and_shapes(name):
 def test_official_pth_round_trip(tmp_path, tiny_pair):
     path = tmp_path / "sam_hq_vit_tiny.pth"
     torch.save(tiny_pair.state_dict, path)
+    sd, content_id = read_state_dict(path)
+    assert sd.keys() == tiny_pair.state_dict.keys()
+    assert all(torch.equal(sd[k], v) for k, v in tiny_pair.state_dict.items())
     model = load_model(path, device="cpu")
     assert model.name == "vit_tiny"
-    assert len(model.checkpoint_id) == 16
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, tiny_pair.state_dict[key]), key
+    assert model.checkpoint_id == content_id and len(content_id) == 16
+    x = torch.rand(1, 3, 1024, 768) * 255
+    with torch.inference_mode():
+        for a, b in zip(model.encode(x), tiny_pair.ours.encode(x)):
+            torch.testing.assert_close(a, b)
 
 
 def test_size_is_detected_from_weights_not_the_file_name(tmp_path, small_pair):
@@ -199,7 +207,7 @@ def test_hf_checkpoint_gives_transformers_embeddings_and_scores(hf_small):
         sparse, dense = ours.prompt_encoder((points[0], labels[0]), None, None)
         _, scores = ours.mask_decoder(emb, ours.prompt_encoder.get_dense_pe(), sparse, dense[:1], hq,
                                       multimask_output=False, hq_token_only=False)
-    torch.testing.assert_close(scores, out.iou_scores[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores, out.iou_scores[0], atol=SCORE_ATOL, rtol=0)
 
 
 class _Transformers5xUpscalingInput(torch.nn.Module):

@@ -17,6 +17,7 @@ from ..oracles import import_official
 
 LOGIT_ATOL = 2e-4
 EDGE = 1e-3
+SCORE_ATOL = 1e-4  # predicted IoU: float32 sums over 4096 tokens, order-dependent at ~1e-5
 
 
 def _prompt_cases(h: int, w: int) -> dict[str, dict]:
@@ -36,7 +37,7 @@ def _assert_same(official_out, ours, *, multimask: bool) -> None:
     masks_o, scores_o, low_o = official_out
     # The official predictor returns the best candidate only; ours puts it first.
     np.testing.assert_allclose(ours.low_res_logits[0], low_o[0], atol=LOGIT_ATOL, rtol=0)
-    np.testing.assert_allclose(ours.scores[0], scores_o[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.scores[0], scores_o[0], atol=SCORE_ATOL, rtol=0)
     full_logits = masks_o[0]
     sure = np.abs(full_logits) > EDGE
     assert np.array_equal(ours.masks[0][sure], (full_logits > 0)[sure])
@@ -103,6 +104,6 @@ def test_batched_boxes_match_the_official_batch(small_pair):
     got = ours.predict_batch(boxes=boxes)
     assert got.masks.shape == (20, 1, 400, 600)
     np.testing.assert_allclose(got.low_res_logits, low_o.numpy(), atol=LOGIT_ATOL, rtol=0)
-    np.testing.assert_allclose(got.scores, scores_o.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got.scores, scores_o.numpy(), atol=SCORE_ATOL, rtol=0)
     sure = np.abs(logits_o.numpy()) > EDGE
     assert np.array_equal(got.masks[sure], (logits_o.numpy() > 0)[sure])

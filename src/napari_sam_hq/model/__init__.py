@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .build import build_sam_hq, place, resolve_device
+from .build import build_sam_hq, place, prepare_for_inference, resolve_device
 from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
 from .download import DownloadError, Progress, ensure_checkpoint
 from .registry import CHECKPOINTS, MODEL_SPECS, CheckpointInfo, ModelSpec
@@ -30,6 +30,7 @@ __all__ = [
     "SamHQ",
     "build_sam_hq",
     "load_model",
+    "prepare_for_inference",
     "resolve_device",
 ]
 
@@ -58,7 +59,8 @@ def load_model(
             )
     sd, content_id = read_state_dict(path)
     spec = detect_spec(sd, source=str(path))
-    model = build_sam_hq(spec)
-    load_into(model, sd, source=str(path))
+    with torch.device("meta"):  # no random init, no second copy of the weights
+        model = build_sam_hq(spec)
+    load_into(model, sd, source=str(path), assign=True)
     model.checkpoint_id = content_id
-    return place(model, device=device, dtype=dtype)
+    return place(prepare_for_inference(model), device=device, dtype=dtype)

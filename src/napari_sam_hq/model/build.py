@@ -47,6 +47,17 @@ def build_sam_hq(spec: ModelSpec | str) -> SamHQ:
     return model.eval().requires_grad_(False)
 
 
+def prepare_for_inference(model: SamHQ) -> SamHQ:
+    """Rewrites that change no result beyond float rounding, applied once weights are loaded.
+
+    TinyViT: BatchNorm folded into the preceding convolutions.
+    """
+    fuse = getattr(model.image_encoder, "fuse_batchnorm_", None)
+    if callable(fuse):
+        fuse()
+    return model
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then the CPU; others are checked for availability."""
     if str(device) == "auto":

@@ -302,8 +302,15 @@ def _detect_tiny(sd: Mapping[str, torch.Tensor]) -> ModelSpec:
 # --------------------------------------------------------------------------- loading
 
 
-def load_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what is wrong."""
+def load_into(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str, *, assign: bool = False
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what is wrong.
+
+    With ``assign`` the model's tensors become the state dict's (a model built on the
+    ``meta`` device then costs no second copy of the weights) and the constant buffers
+    checkpoints do not hold are rebuilt.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -322,4 +329,9 @@ def load_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: st
             f"{source} does not fit the {getattr(model, 'name', 'model')} architecture; "
             + "; ".join(parts)
         )
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True, assign=assign)
+    if assign:
+        for module in model.modules():
+            init = getattr(module, "init_buffers", None)
+            if callable(init):
+                init()

@@ -41,8 +41,15 @@ class SamHQ(nn.Module):
         self.mask_decoder = mask_decoder
         self.name = name
         self.checkpoint_id = "random"
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.empty(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.empty(3, 1, 1), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the constant buffers that checkpoints do not hold."""
+        device = self.pixel_mean.device if not self.pixel_mean.is_meta else torch.device("cpu")
+        self.pixel_mean = torch.tensor(PIXEL_MEAN, device=device).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(PIXEL_STD, device=device).view(-1, 1, 1)
 
     @property
     def img_size(self) -> int:

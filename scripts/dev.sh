@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: installs everything (system packages, a virtual
+# environment with the CPU build of torch, the package and its test oracles), then
+#   scripts/dev.sh napari   opens napari with the SAM-HQ widget docked on a sample image
+#   scripts/dev.sh test     runs the test suite (what CI runs)
+# Installation is skipped when nothing it depends on changed since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="2.13.0"     # CPU build; a bare 'torch' requirement can pull a multi-GB CUDA build
+OFFICIAL_VERSION="0.3"     # segment-anything-hq, the official code, a test oracle (no deps)
+APT_PACKAGES=(xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1)
+VENV=.venv
+PY="$VENV/bin/python"
+
+install_system() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "installing system packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+install_python() {
+    local stamp="$VENV/.installed-$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
+    [ -f "$stamp" ] && return
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip
+    "$PY" -m pip install -q "torch==$TORCH_VERSION"
+    "$PY" -m pip install -q -e ".[test]"
+    "$PY" -m pip install -q --no-deps "segment-anything-hq==$OFFICIAL_VERSION"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+}
+
+install_system
+install_python
+
+case "${1:-napari}" in
+    napari) shift || true; exec "$PY" -m napari_sam_hq "$@" ;;
+    test)   shift; exec "$PY" -m pytest "$@" ;;
+    *)      echo "usage: scripts/dev.sh [napari|test] [args...]" >&2; exit 2 ;;
+esac
