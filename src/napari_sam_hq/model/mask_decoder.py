@@ -127,9 +127,11 @@ class MaskDecoderHQ(nn.Module):
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
         )
-        src = (image_embeddings + dense_prompt_embeddings).expand(b, -1, -1, -1)
+        # Batch 1 when there is no mask prompt: the transformer shares it across prompts.
+        src = image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
+        src = src.expand(b, -1, -1)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
 

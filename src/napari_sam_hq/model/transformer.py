@@ -33,10 +33,17 @@ class Attention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``."""
+        """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``.
+
+        Any input may have batch 1 and is then shared by all B items: it is projected
+        once. Without a mask prompt the image tokens entering the first block are the
+        same for every prompt, so their projections are computed once per batch.
+        """
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         # B heads N d -> B N (heads d)
         return self.out_proj(out.transpose(1, 2).flatten(2))
@@ -129,13 +136,15 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image ``B x C x h x w`` (+ pe ``1 x C x h x w``), tokens ``B x T x C``.
+        """Image ``B x C x h x w`` or ``1 x C x h x w`` (shared), pe ``1 x C x h x w``,
+        tokens ``B x T x C``.
 
         Returns (tokens ``B x T x C``, image tokens ``B x hw x C``).
         """
-        # B C h w -> B hw C
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # B C h w -> B hw C, made contiguous once: on the transposed view every add and
+        # projection below ran several times slower (strided reads).
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
