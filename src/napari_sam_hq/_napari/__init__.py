@@ -1,0 +1,1 @@
+"""napari + Qt layer of the plugin: the widget, layer adapters and sample data."""
