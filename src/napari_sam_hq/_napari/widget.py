@@ -9,7 +9,7 @@ widgets, nothing shared but the (read-only) model weights.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,12 +40,12 @@ if TYPE_CHECKING:
     from ..model import SamHQ
 
 
-def _predict_objects(model: SamHQ, emb: ImageEmbedding, prompts: SlicePrompts, *, multimask: bool, hq_only: bool):
-    """Masks and scores for every object of one slice; boxes-only objects in one batch."""
-    from ..engine import SamHQPredictor
+# Slices whose decoder-ready state (embedding + HQ features, ~25 MB for vit_b) is kept.
+READY_SLICES = 8
 
-    predictor = SamHQPredictor(model)
-    predictor.set_image_embedding(emb)
+
+def _predict_objects(predictor, prompts: SlicePrompts, *, multimask: bool, hq_only: bool):
+    """Masks and scores for every object of one slice; boxes-only objects in one batch."""
     objects = prompts.objects()
     results: list[tuple[np.ndarray, float] | None] = [None] * len(objects)
     box_only = [i for i, o in enumerate(objects) if set(o) == {"box"}]
@@ -80,6 +80,10 @@ class SamHQWidget(QWidget):
         self._embed_layer = None
         self._decode_worker = None
         self._decode_dirty = False
+        # (layer uid, slice key, signature) -> predictor with that embedding set. Used only by
+        # the decode worker (one at a time), so the prompt path skips set_image_embedding's
+        # HQ-feature computation.
+        self._ready: OrderedDict[tuple, Any] = OrderedDict()
         self._preview_objects: dict[SliceKey, list[tuple[np.ndarray, float, bool]]] = {}
         self._build_ui()
         self._connect_viewer()
@@ -424,11 +428,11 @@ class SamHQWidget(QWidget):
         for key, p in prompts.items():
             if not p.objects():
                 continue
-            emb = self._cached(layer, key)
-            if emb is None:
+            hit = self._embeddings.get((layer.unique_id, key))
+            if self._cached(layer, key) is None:
                 missing.append(key)
             else:
-                jobs[key] = (emb, p)
+                jobs[key] = ((layer.unique_id, key, hit[0]), hit[1], p)
         if missing and self._embed_worker is None:
             self.compute_embeddings(keys=missing)  # compute it, don't fail
         worker = self._decode_job(
@@ -443,11 +447,20 @@ class SamHQWidget(QWidget):
 
     @thread_worker
     def _decode_job(self, model, jobs, multimask: bool, hq_only: bool):
+        from ..engine import SamHQPredictor
+
         out = {}
-        for key, (emb, prompts) in jobs.items():
+        for key, (ready_key, emb, prompts) in jobs.items():
             objects = prompts.objects()
+            predictor = self._ready.pop(ready_key, None)
+            if predictor is None or predictor.model is not model:
+                predictor = SamHQPredictor(model)
+                predictor.set_image_embedding(emb)
+            self._ready[ready_key] = predictor
+            while len(self._ready) > READY_SLICES:
+                self._ready.popitem(last=False)
             try:
-                results = _predict_objects(model, emb, prompts, multimask=multimask, hq_only=hq_only)
+                results = _predict_objects(predictor, prompts, multimask=multimask, hq_only=hq_only)
             except ValueError as err:  # a prompt the engine refuses: say which, keep the rest
                 out[key] = ("error", str(err))
                 continue
