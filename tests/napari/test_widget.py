@@ -253,3 +253,22 @@ def test_prompts_outside_the_image_are_reported_not_used(make_napari_viewer, qtb
     viewer.layers[C.POINTS_LAYER].add([[200, 300], [20, 25]])
     _wait_preview(qtbot, widget, 1)
     assert viewer.layers[C.PREVIEW_LAYER].data.any()
+
+
+def test_launcher_docks_the_widget_on_the_sample(monkeypatch):
+    """`python -m napari_sam_hq` (the README's first command) opens the sample with SAM-HQ docked."""
+    import napari
+
+    from napari_sam_hq.__main__ import main
+
+    monkeypatch.setattr(napari, "run", lambda: None)
+    for sample, shape in (("cells_2d", (660, 550)), ("cells_3d", (24, 256, 256))):
+        main(["--sample", sample])
+        viewer = napari.current_viewer()
+        try:
+            image = [lay for lay in viewer.layers if isinstance(lay, napari.layers.Image)][0]
+            assert image.data.shape == shape
+            assert any("SAM-HQ" in name for name in viewer.window.dock_widgets)
+            assert C.POINTS_LAYER in viewer.layers
+        finally:
+            viewer.close()
