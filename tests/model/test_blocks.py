@@ -139,3 +139,16 @@ def test_batchnorm_folding_keeps_tiny_vit_outputs():
     with torch.inference_mode():
         for a, b in zip(plain.encode(x), folded.encode(x)):
             assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_prepared_image_tokens_give_the_same_masks(decoder, b):
+    """The predictor computes the transformer's image side once per image; same results."""
+    emb, pe, sparse, dense, early = _decoder_inputs(b, seed=9)
+    with torch.inference_mode():
+        hq = decoder.hq_features(emb, early)
+        tokens = decoder.prepare_image(emb, pe, dense)
+        plain = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False)
+        prepared = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False, image_tokens=tokens)
+    assert_close(prepared[0], plain[0])
+    assert_close(prepared[1], plain[1])

@@ -218,8 +218,11 @@ class _Transformers5xUpscalingInput(torch.nn.Module):
         super().__init__()
         self.transformer, self.pre_tokens = transformer, pre_tokens
 
-    def forward(self, src, pe, tokens):
-        hs, _ = self.transformer(src, pe, tokens)
+    def prepare_image(self, src, pe):
+        return self.transformer.prepare_image(src, pe)
+
+    def forward_prepared(self, image_tokens, tokens):
+        hs, _ = self.transformer.forward_prepared(image_tokens, tokens)
         return hs, self.pre_tokens
 
 

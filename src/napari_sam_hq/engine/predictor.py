@@ -89,6 +89,7 @@ class SamHQPredictor:
         self._embedding: torch.Tensor | None = None
         self._early: torch.Tensor | None = None
         self._hq: torch.Tensor | None = None
+        self._image_tokens = None  # transformer image side without a mask prompt
 
     @property
     def is_image_set(self) -> bool:
@@ -121,7 +122,14 @@ class SamHQPredictor:
                     yield next(steps) / total
             except StopIteration as stop:
                 embedding, early, hq = stop.value
+        self._set_state(embedding, early, hq, frames)
+
+    def _set_state(self, embedding: torch.Tensor, early: torch.Tensor, hq: torch.Tensor, frames: Frames) -> None:
+        decoder, prompt_encoder = self.model.mask_decoder, self.model.prompt_encoder
+        with torch.inference_mode():
+            tokens = decoder.prepare_image(embedding, self._dense_pe, prompt_encoder.no_mask_dense())
         self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
+        self._image_tokens = tokens
 
     def set_image(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None) -> None:
         """Compute the image embedding of ``image`` (H x W, H x W x C; any real dtype)."""
@@ -162,7 +170,7 @@ class SamHQPredictor:
             embedding = torch.as_tensor(emb.image_embedding, device=model.device).to(model.dtype)
             early = torch.as_tensor(emb.early_feature, device=model.device).to(model.dtype)
             hq = model.mask_decoder.hq_features(embedding, early)
-        self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
+        self._set_state(embedding, early, hq, frames)
 
     # ------------------------------------------------------------------ prompts
 
@@ -238,6 +246,7 @@ class SamHQPredictor:
                     self._hq,
                     multimask_output=multimask_output,
                     hq_token_only=hq_token_only,
+                    image_tokens=self._image_tokens if mask_t is None else None,
                 )
                 full = frames.logits_to_original(logits.float())
                 out_masks.append((full > model.mask_threshold).cpu().numpy())

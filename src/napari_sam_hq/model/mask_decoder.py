@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import ImageTokens, TwoWayTransformer
 
 
 class MLP(nn.Module):
@@ -105,6 +105,16 @@ class MaskDecoderHQ(nn.Module):
         vit = early_features.permute(0, 3, 1, 2)
         return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
 
+    def prepare_image(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> ImageTokens:
+        """The transformer's image side for ``image_embeddings + dense_prompt_embeddings``.
+
+        Without a mask prompt the dense embedding is a constant, so this can be computed once
+        per image and passed to every ``predict_masks`` call as ``image_tokens``.
+        """
+        return self.transformer.prepare_image(image_embeddings + dense_prompt_embeddings, image_pe)
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -114,11 +124,13 @@ class MaskDecoderHQ(nn.Module):
         hq_features: torch.Tensor,
         *,
         fused: bool = True,
+        image_tokens: ImageTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All heads: SAM logits ``B x 4 x 256 x 256``, HQ logits ``B x 1 x 256 x 256``, IoU ``B x 4``.
 
         ``image_embeddings``, ``image_pe`` and ``hq_features`` have batch 1 and serve all
-        ``B`` prompts; ``dense_prompt_embeddings`` has batch 1 or ``B``.
+        ``B`` prompts; ``dense_prompt_embeddings`` has batch 1 or ``B``. ``image_tokens``,
+        from ``prepare_image`` with the same embedding and dense prompt, skips that work.
         """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat(
@@ -128,9 +140,10 @@ class MaskDecoderHQ(nn.Module):
             [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
         )
         # Batch 1 when there is no mask prompt: the transformer shares it across prompts.
-        src = image_embeddings + dense_prompt_embeddings
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        if image_tokens is None:
+            image_tokens = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        c, h, w = image_embeddings.shape[1:]
+        hs, src = self.transformer.forward_prepared(image_tokens, tokens)
         src = src.expand(b, -1, -1)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
@@ -194,6 +207,7 @@ class MaskDecoderHQ(nn.Module):
         multimask_output: bool,
         hq_token_only: bool,
         fused: bool = True,
+        image_tokens: ImageTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring)."""
         sam, hq, iou = self.predict_masks(
@@ -203,6 +217,7 @@ class MaskDecoderHQ(nn.Module):
             dense_prompt_embeddings,
             hq_features,
             fused=fused,
+            image_tokens=image_tokens,
         )
         if multimask_output:
             scores, order = iou[:, 1:].sort(dim=1, descending=True, stable=True)

@@ -7,6 +7,8 @@ LayerNorms use PyTorch's default eps 1e-5, as the official code.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,21 +34,45 @@ class Attention(nn.Module):
         # B N C -> B N heads d -> B heads N d
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``.
+    def project_q(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x N x C`` -> ``B x heads x N x d``."""
+        return self._heads(self.q_proj(x))
 
-        Any input may have batch 1 and is then shared by all B items: it is projected
-        once. Without a mask prompt the image tokens entering the first block are the
-        same for every prompt, so their projections are computed once per batch.
-        """
-        q = self._heads(self.q_proj(q))
-        k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+    def project_k(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.k_proj(x))
+
+    def project_v(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.v_proj(x))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Projected heads -> ``B x Nq x C``. Any input may have batch 1 and is then shared."""
         b = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         # B heads N d -> B N (heads d)
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``.
+
+        Any input may have batch 1 and is then shared by all B items: it is projected once.
+        """
+        return self.attend(self.project_q(q), self.project_k(k), self.project_v(v))
+
+
+class ImageTokens(NamedTuple):
+    """The image side of the transformer input, computed once and shared by prompts (and,
+    in the predictor, by every call on the same image while no mask prompt is given).
+
+    ``keys`` and ``key_pe`` are ``1 x hw x C``; the rest are the first block's projections
+    of the image tokens (``1 x heads x hw x d``), which do not depend on the prompt.
+    """
+
+    keys: torch.Tensor
+    key_pe: torch.Tensor
+    token_to_image_k: torch.Tensor
+    token_to_image_v: torch.Tensor
+    image_to_token_q: torch.Tensor
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -80,14 +106,30 @@ class TwoWayAttentionBlock(nn.Module):
         )
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def image_projections(
+        self, keys: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections of the image tokens this block uses (token-to-image k and v,
+        image-to-token q); for the first block they do not depend on the prompt."""
+        k = keys + key_pe
+        return (
+            self.cross_attn_token_to_image.project_k(k),
+            self.cross_attn_token_to_image.project_v(keys),
+            self.cross_attn_image_to_token.project_q(k),
+        )
+
     def forward(
         self,
         queries: torch.Tensor,
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        image_proj: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries ``B x T x C``, keys ``B x N x C`` (pe tensors broadcast) -> same shapes."""
+        """queries ``B x T x C``, keys ``B x N x C`` (pe tensors broadcast) -> same shapes.
+
+        ``image_proj``: ``image_projections(keys, key_pe)`` computed earlier, if any.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -95,11 +137,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        t2i_k, t2i_v, i2t_q = image_proj if image_proj is not None else self.image_projections(keys, key_pe)
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        queries = self.norm2(queries + t2i.attend(t2i.project_q(queries + query_pe), t2i_k, t2i_v))
         queries = self.norm3(queries + self.mlp(queries))
 
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        attn = i2t.attend(i2t_q, i2t.project_k(queries + query_pe), i2t.project_v(queries))
+        keys = self.norm4(keys + attn)
         return queries, keys
 
 
@@ -133,6 +177,14 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageTokens:
+        """Image ``1 x C x h x w`` (embedding + dense prompt) and pe -> shareable ``ImageTokens``."""
+        # B C h w -> B hw C, made contiguous once: on the transposed view every add and
+        # projection ran several times slower (strided reads).
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        return ImageTokens(keys, key_pe, *self.layers[0].image_projections(keys, key_pe))
+
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,12 +193,15 @@ class TwoWayTransformer(nn.Module):
 
         Returns (tokens ``B x T x C``, image tokens ``B x hw x C``).
         """
-        # B C h w -> B hw C, made contiguous once: on the transposed view every add and
-        # projection below ran several times slower (strided reads).
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        return self.forward_prepared(self.prepare_image(image_embedding, image_pe), point_embedding)
+
+    def forward_prepared(
+        self, image: ImageTokens, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the image side from ``prepare_image``."""
+        queries, keys, key_pe = point_embedding, image.keys, image.key_pe
+        first = (image.token_to_image_k, image.token_to_image_v, image.image_to_token_q)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, key_pe, first if i == 0 else None)
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
