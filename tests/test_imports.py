@@ -21,3 +21,11 @@ def test_package_import_is_light():
     code = "import sys, napari_sam_hq; print('torch' in sys.modules, 'qtpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_npe2_manifest_validates_with_imports():
+    """`npe2 validate --imports napari-sam-hq`: every command's python_name resolves."""
+    npe2 = [sys.executable, "-m", "npe2", "validate", "--imports", "napari-sam-hq"]
+    out = subprocess.run(npe2, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in out.stdout

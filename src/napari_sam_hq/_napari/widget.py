@@ -219,6 +219,12 @@ class SamHQWidget(QWidget):
         n = leading_ndim(layer)
         if n > 1:
             show_info(f"SAM-HQ: '{layer.name}' has {n} slicing axes; each Y-X plane is segmented on its own")
+        if n >= 1 and not layer.rgb and layer.data.shape[0] <= 4 and layer.data.ndim >= 3:
+            show_info(
+                f"SAM-HQ: '{layer.name}' has {layer.data.shape[0]} planes along its first axis. If these are "
+                "channels, not slices, open them as separate layers (channel_axis) and pick one, or "
+                "make an RGB layer; SAM-HQ treats the first axis as slices."
+            )
 
     def _ensure_prompt_layers(self, image: napari.layers.Image) -> None:
         """Points and boxes layers matching the image's data frame (created once)."""
