@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import constants as C
+from .commit import write_objects
 from .layers import SliceKey, SlicePrompts, all_keys, collect_prompts, current_key, leading_ndim
 from .layers import plane, plane_signature, spatial_shape
 
@@ -525,12 +526,7 @@ class SamHQWidget(QWidget):
         return target
 
     def commit(self) -> list[int]:
-        """Write the previewed objects into the labels layer as new ids; returns the ids.
-
-        One undo step. Objects of points only are one object across slices (one id); every
-        box is its own object. Without "Overwrite existing labels", only pixels that are
-        still 0 are written.
-        """
+        """Write the previewed objects into the labels layer as new ids (``write_objects``)."""
         image = self.image_layer
         if image is None or not self._preview_objects:
             show_info("SAM-HQ: nothing to commit: add prompts and wait for the preview")
@@ -540,28 +536,7 @@ class SamHQWidget(QWidget):
         except ValueError as err:
             show_error(f"SAM-HQ: {err}")
             return []
-        overwrite = self.overwrite_check.isChecked()
-        next_id = int(target.data.max()) + 1
-        point_object_id: int | None = None
-        written: list[int] = []
-        with target.block_history():
-            for key, objects in sorted(self._preview_objects.items()):
-                for mask, _score, points_only in objects:
-                    if points_only:
-                        if point_object_id is None:
-                            point_object_id, next_id = next_id, next_id + 1
-                        label = point_object_id
-                    else:
-                        label, next_id = next_id, next_id + 1
-                    region = target.data[key] if key else target.data
-                    write = mask if overwrite else mask & (np.asarray(region) == 0)
-                    idx = np.nonzero(write)
-                    if not idx[0].size:
-                        continue
-                    full = tuple(np.full(idx[0].size, k) for k in key) + idx
-                    target.data_setitem(full, label)
-                    if label not in written:
-                        written.append(label)
+        written = write_objects(target, self._preview_objects, overwrite=self.overwrite_check.isChecked())
         self.clear_prompts()
         self.status_label.setText(f"Committed {len(written)} object(s): ids {written[:10]}")
         return written

@@ -1,11 +1,11 @@
 """SAM-HQ in plain PyTorch: ViT-B/L/H and TinyViT encoders, prompt encoder, HQ decoder.
 
-``load_model`` is the entry point::
+``load_model`` is the entry point:
 
-    from napari_sam_hq.model import load_model
-    model = load_model("vit_b")                 # registry name: downloaded once, cached
-    model = load_model("/data/sam_hq_vit_l.pth")  # official checkpoint file
-    model = load_model("/data/sam-hq-vit-base")   # Hugging Face folder (config.json + safetensors)
+>>> from napari_sam_hq.model import load_model
+>>> model = load_model("vit_b")                   # registry name: downloaded once, cached
+>>> model = load_model("/data/sam_hq_vit_l.pth")  # official checkpoint file
+>>> model = load_model("/data/sam-hq-vit-base")   # Hugging Face folder (config.json + safetensors)
 """
 
 from __future__ import annotations
