@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from . import constants as C
 from .commit import write_objects
-from .layers import SliceKey, SlicePrompts, all_keys, collect_prompts, current_key, leading_ndim
+from .layers import SliceKey, all_keys, collect_prompts, current_key, leading_ndim
 from .layers import plane, plane_signature, spatial_shape
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 READY_SLICES = 8
 
 
-def _predict_objects(predictor, prompts: SlicePrompts, *, multimask: bool, hq_only: bool):
-    """Masks and scores for every object of one slice; boxes-only objects in one batch."""
-    objects = prompts.objects()
+def _predict_objects(predictor, objects: list[dict], *, multimask: bool, hq_only: bool):
+    """Masks and scores for every object of one slice (``SlicePrompts.objects()``);
+    boxes-only objects in one batch."""
     results: list[tuple[np.ndarray, float] | None] = [None] * len(objects)
     box_only = [i for i, o in enumerate(objects) if set(o) == {"box"}]
     if box_only:
@@ -210,6 +210,8 @@ class SamHQWidget(QWidget):
             self.cancel()
             show_warning(f"SAM-HQ: image layer '{removed.name}' was removed; embedding cancelled")
         self._embeddings = {k: v for k, v in self._embeddings.items() if k[0] != removed.unique_id}
+        for ready_key in [k for k in self._ready if k[0] == removed.unique_id]:
+            del self._ready[ready_key]
         self._refresh_layers()
 
     def _on_image_changed(self) -> None:
@@ -306,14 +308,19 @@ class SamHQWidget(QWidget):
     def _model_request(self) -> tuple[str, str]:
         return self.model_combo.currentText().strip(), self.device_combo.currentText()
 
-    def _cached(self, layer, key: SliceKey) -> ImageEmbedding | None:
+    def _cached(
+        self, layer, key: SliceKey, signature: str | None = None
+    ) -> tuple[str, ImageEmbedding] | None:
+        """The stored (signature, embedding) of a slice if it still matches the pixels.
+
+        ``signature`` is the plane's content hash when the caller has it already.
+        """
         hit = self._embeddings.get((layer.unique_id, key))
         if hit is None:
             return None
-        signature, emb = hit
-        if signature != plane_signature(plane(layer, key)):
-            return None  # the data changed: never serve a stale embedding
-        return emb
+        if signature is None:
+            signature = plane_signature(plane(layer, key))
+        return hit if hit[0] == signature else None  # data changed: never serve it stale
 
     def compute_embeddings(self, keys: list[SliceKey] | None = None):
         """Start encoding ``keys`` (default: the current slice, then the rest) in the background.
@@ -362,8 +369,7 @@ class SamHQWidget(QWidget):
         for i, key in enumerate(keys):
             data = plane(layer, key)
             signature = plane_signature(data)
-            hit = self._embeddings.get((layer.unique_id, key))
-            if hit is not None and hit[0] == signature:
+            if self._cached(layer, key, signature) is not None:
                 yield ("progress", (i + 1) / len(keys), key)
                 continue
             for fraction in predictor.iter_set_image(data):
@@ -433,13 +439,14 @@ class SamHQWidget(QWidget):
             show_warning(f"SAM-HQ: {w}")
         jobs, missing = {}, []
         for key, p in prompts.items():
-            if not p.objects():
+            objects = p.objects()
+            if not objects:
                 continue
-            hit = self._embeddings.get((layer.unique_id, key))
-            if self._cached(layer, key) is None:
+            hit = self._cached(layer, key)
+            if hit is None:
                 missing.append(key)
             else:
-                jobs[key] = ((layer.unique_id, key, hit[0]), hit[1], p)
+                jobs[key] = ((layer.unique_id, key, hit[0]), hit[1], objects)
         if missing and self._embed_worker is None:
             self.compute_embeddings(keys=missing)  # compute it, don't fail
         worker = self._decode_job(
@@ -457,8 +464,7 @@ class SamHQWidget(QWidget):
         from ..engine import SamHQPredictor
 
         out = {}
-        for key, (ready_key, emb, prompts) in jobs.items():
-            objects = prompts.objects()
+        for key, (ready_key, emb, objects) in jobs.items():
             predictor = self._ready.pop(ready_key, None)
             if predictor is None or predictor.model is not model:
                 predictor = SamHQPredictor(model)
@@ -467,7 +473,7 @@ class SamHQWidget(QWidget):
             while len(self._ready) > READY_SLICES:
                 self._ready.popitem(last=False)
             try:
-                results = _predict_objects(predictor, prompts, multimask=multimask, hq_only=hq_only)
+                results = _predict_objects(predictor, objects, multimask=multimask, hq_only=hq_only)
             except ValueError as err:  # a prompt the engine refuses: say which, keep the rest
                 out[key] = ("error", str(err))
                 continue

@@ -50,9 +50,9 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, str]:
         return _read_hf_folder(path)
     if path.suffix == ".safetensors":
         sd = _read_safetensors([path])
-        return _from_hf_or_official(sd, path), _file_id(path)
+        return _from_hf_or_official(sd), _file_id(path)
     sd = _read_pth(path)
-    return _from_hf_or_official(sd, path), _file_id(path)
+    return _from_hf_or_official(sd), _file_id(path)
 
 
 def _file_id(path: Path) -> str:
@@ -129,14 +129,14 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, str]:
         files = [folder / "model.safetensors"]
     else:
         raise CheckpointError(f"{folder} has config.json but no model.safetensors")
-    sd = _from_hf_or_official(_read_safetensors(files), folder)
+    sd = _from_hf_or_official(_read_safetensors(files))
     h = hashlib.sha256()
     for f in files:
         h.update(_file_id(f).encode())
     return sd, h.hexdigest()[:16]
 
 
-def _from_hf_or_official(sd: StateDict, source: Path) -> StateDict:
+def _from_hf_or_official(sd: StateDict) -> StateDict:
     if any(k.startswith("vision_encoder.") for k in sd):
         return hf_to_official(sd)
     return sd

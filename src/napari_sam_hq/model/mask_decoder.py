@@ -72,7 +72,6 @@ class MaskDecoderHQ(nn.Module):
         super().__init__()
         c = transformer_dim
         self.transformer = transformer
-        self.num_multimask_outputs = num_multimask_outputs
         self.num_sam_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, c)
         self.mask_tokens = nn.Embedding(self.num_sam_tokens, c)

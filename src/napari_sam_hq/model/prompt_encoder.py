@@ -71,7 +71,6 @@ class PromptEncoder(nn.Module):
         # 0: background point, 1: foreground point, 2: box top-left, 3: box bottom-right.
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans // 4),
