@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,18 @@ def test_embedding_round_trip_gives_identical_predictions(small_pair):
     assert b.original_size == (150, 220)
     half = a.get_image_embedding(dtype=np.float16)
     assert half.image_embedding.dtype == np.float16
+    # the decoder-ready pair (what the store keeps) and the early feature alone agree
+    for early, hq in ((False, True), (True, False)):
+        c = SamHQPredictor(small_pair.ours)
+        part = a.get_image_embedding(early=early, hq=hq)
+        assert (part.early_feature is None) != early and (part.hq_features is None) != hq
+        c.set_image_embedding(part)
+        pc = c.predict(point_coords=[[100, 70]], point_labels=[1])
+        np.testing.assert_allclose(pc.low_res_logits, pa.low_res_logits, atol=1e-4)
+    with pytest.raises(ValueError, match="neither early_feature nor hq_features"):
+        b.set_image_embedding(dataclasses.replace(emb, early_feature=None, hq_features=None))
+    with pytest.raises(ValueError, match=r"hq_features has shape \(1, 32, 8, 8\)"):
+        b.set_image_embedding(dataclasses.replace(emb, hq_features=np.zeros((1, 32, 8, 8), np.float32)))
 
 
 def test_embedding_from_another_model_is_refused(small_pair, tiny_pair):

@@ -55,16 +55,26 @@ class BatchPrediction:
 class ImageEmbedding:
     """What ``set_image`` computes that cannot be recomputed cheaply, as numpy arrays.
 
-    ``image_embedding`` 1 x 256 x 64 x 64 and ``early_feature`` 1 x 64 x 64 x Cv
-    (float32 or float16 for storage); the frames; and the model that made them.
+    ``image_embedding`` 1 x 256 x 64 x 64; ``early_feature`` 1 x 64 x 64 x Cv (the ViT
+    feature SAM-HQ fuses) and/or ``hq_features`` 1 x 32 x 256 x 256 (the decoder's
+    prompt-independent HQ features, computed from the two). At least one of the last two
+    is needed; with ``hq_features`` the decoder is ready without recomputing them (the
+    embedding store keeps this pair). float32, or float16 for storage. Also the frames
+    and the model that made them.
     """
 
     image_embedding: np.ndarray
-    early_feature: np.ndarray
+    early_feature: np.ndarray | None
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     model_name: str
     checkpoint_id: str
+    hq_features: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.image_embedding, self.early_feature, self.hq_features)
+        return sum(p.nbytes for p in parts if p is not None)
 
 
 class SamHQPredictor:
@@ -135,16 +145,25 @@ class SamHQPredictor:
         """Compute the image embedding of ``image`` (H x W, H x W x C; any real dtype)."""
         exhaust(self.iter_set_image(image, contrast_limits=contrast_limits))
 
-    def get_image_embedding(self, *, dtype: np.dtype | type = np.float32) -> ImageEmbedding:
+    def get_image_embedding(
+        self, *, dtype: np.dtype | type = np.float32, early: bool = True, hq: bool = True
+    ) -> ImageEmbedding:
+        """The current image's embedding; ``early`` / ``hq`` choose which features to include."""
         frames = self._require_image()
-        assert self._embedding is not None and self._early is not None
+        if not (early or hq):
+            raise ValueError("include the early feature, the HQ features or both")
+
+        def array(t: torch.Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.float().cpu().numpy().astype(dtype)
+
         return ImageEmbedding(
-            image_embedding=self._embedding.float().cpu().numpy().astype(dtype),
-            early_feature=self._early.float().cpu().numpy().astype(dtype),
+            image_embedding=array(self._embedding),
+            early_feature=array(self._early) if early else None,
             original_size=frames.original_size,
             input_size=frames.input_size,
             model_name=self.model.name,
             checkpoint_id=self.model.checkpoint_id,
+            hq_features=array(self._hq) if hq else None,
         )
 
     def set_image_embedding(self, emb: ImageEmbedding) -> None:
@@ -157,19 +176,27 @@ class SamHQPredictor:
                 "with set_image"
             )
         vit_dim = model.mask_decoder.compress_vit_feat[0].in_channels
-        if emb.image_embedding.shape != (1, 256, 64, 64) or emb.early_feature.shape != (1, 64, 64, vit_dim):
-            raise ValueError(
-                f"embedding shapes {emb.image_embedding.shape} / {emb.early_feature.shape} do not "
-                f"match the model (1, 256, 64, 64) / (1, 64, 64, {vit_dim})"
-            )
+        expected = {
+            "image_embedding": (emb.image_embedding, (1, 256, 64, 64)),
+            "early_feature": (emb.early_feature, (1, 64, 64, vit_dim)),
+            "hq_features": (emb.hq_features, (1, 32, 256, 256)),
+        }
+        if emb.early_feature is None and emb.hq_features is None:
+            raise ValueError("the embedding has neither early_feature nor hq_features: recompute it with set_image")
+        for name, (array, shape) in expected.items():
+            if array is not None and tuple(array.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(array.shape)}, the model needs {shape}")
         frames = Frames.for_image(*emb.original_size)
         if frames.input_size != tuple(emb.input_size):
             raise ValueError(f"input size {emb.input_size} does not follow from {emb.original_size}")
         self.reset_image()
+        def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.as_tensor(array, device=model.device).to(model.dtype)
+
         with torch.inference_mode():
-            embedding = torch.as_tensor(emb.image_embedding, device=model.device).to(model.dtype)
-            early = torch.as_tensor(emb.early_feature, device=model.device).to(model.dtype)
-            hq = model.mask_decoder.hq_features(embedding, early)
+            embedding, early, hq = (tensor(a) for a in (emb.image_embedding, emb.early_feature, emb.hq_features))
+            if hq is None:
+                hq = model.mask_decoder.hq_features(embedding, early)
         self._set_state(embedding, early, hq, frames)
 
     # ------------------------------------------------------------------ prompts

@@ -1,0 +1,230 @@
+"""Propagation through a stack: from objects segmented on some slices to the slices around them.
+
+Frames: slices are indexed along one leading axis of a ``SegmentationSession`` (``axis``,
+0 = the first leading axis; the other leading indices stay at ``base_key``). Labels are
+``N x H x W`` planes along that axis; masks are ``H x W`` bool plane pixels.
+
+Rule, per object (one label id):
+- Its *seed slices* are the slices where it is given (by default every slice where the
+  id has pixels). From the lowest seed it goes down and from the highest it goes up; between
+  two seeds it fills from both ends, and each slice keeps the mask of the nearer seed.
+- Each step prompts the next slice with the previous mask: its bounding box, its most
+  interior pixel as a positive point, and its low-res logits as ``mask_input`` when both
+  slices were answered from the same tile.
+- It stops where the object ends: the new mask has fewer than ``min_area`` pixels, its
+  predicted IoU is below ``score_threshold``, or its IoU with the previous slice's mask is
+  below ``iou_threshold``. The stopping slice is not written.
+- All objects advance together; on each slice, all of them are decoded in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .session import ObjectMask, SegmentationSession, SliceKey
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """When to stop (see the module rule). Defaults measured on synthetic volumes (docs/volumes.md)."""
+
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.4
+    min_area: int = 10
+    max_slices: int | None = None  # per direction; None: to the end of the stack
+    use_mask_input: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "iou_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.min_area < 1:
+            raise ValueError(f"min_area must be at least 1 pixel, got {self.min_area}")
+        if self.max_slices is not None and self.max_slices < 1:
+            raise ValueError(f"max_slices must be at least 1 (or None), got {self.max_slices}")
+
+
+@dataclass
+class _Track:
+    """One object walking in one direction from a seed."""
+
+    label: int
+    seed: int
+    step: int  # +1 or -1
+    stop: int  # last slice it may reach (inclusive)
+    position: int
+    prev: ObjectMask
+
+
+def prompt_from_mask(mask: np.ndarray) -> dict:
+    """Box (XYXY) and the most interior pixel (ties: nearest the centroid) as a positive point,
+    from an ``H x W`` mask."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
+    crop = np.pad(mask[y0 : y1 + 1, x0 : x1 + 1], 1)
+    dist = ndimage.distance_transform_edt(crop)
+    ys, xs = np.nonzero(dist == dist.max())  # of equally deep pixels, the one nearest the centroid
+    cy, cx = (np.mean(a) for a in np.nonzero(crop))
+    i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+    y, x = ys[i], xs[i]
+    return {
+        "box": np.array([x0, y0, x1, y1], float),
+        "point_coords": np.array([[x0 + x - 1, y0 + y - 1]], float),
+        "point_labels": np.array([1]),
+    }
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def iter_propagate(
+    session: SegmentationSession,
+    seeds: dict[int, dict[int, np.ndarray]],
+    *,
+    axis: int = 0,
+    base_key: SliceKey | None = None,
+    settings: PropagationSettings | None = None,
+) -> Generator[tuple[float, str], None, dict[int, dict[int, ObjectMask]]]:
+    """Propagate every object of ``seeds`` (``{label: {slice: H x W mask}}``) along ``axis``.
+
+    Yields ``(fraction, message)`` after each slice; returns ``{slice: {label: ObjectMask}}``
+    for the slices it reached, seeds excluded. Slices are encoded when the store lacks them.
+    """
+    settings = settings or PropagationSettings()
+    n_lead = len(session.lead_shape)
+    if not n_lead:
+        raise ValueError("propagation needs a stack: this image has no slicing axis")
+    if not 0 <= axis < n_lead:
+        raise ValueError(f"axis {axis} is not a slicing axis of a stack with leading shape {session.lead_shape}")
+    base = list(base_key if base_key is not None else (0,) * n_lead)
+    length = session.lead_shape[axis]
+
+    def key_at(i: int) -> SliceKey:
+        k = list(base)
+        k[axis] = i
+        return tuple(k)
+
+    limit = settings.max_slices or length
+    tracks: list[_Track] = []
+    for label, planes in seeds.items():
+        planes = {int(i): m for i, m in planes.items() if np.asarray(m).sum() >= settings.min_area}
+        if not planes:
+            continue
+        order = sorted(planes)
+        bounds = [(order[0], -1, max(0, order[0] - limit))]
+        bounds += [(order[-1], +1, min(length - 1, order[-1] + limit))]
+        for a, b in zip(order, order[1:]):
+            if b - a > 1:
+                bounds += [(a, +1, b - 1), (b, -1, a + 1)]
+        for seed, step, stop in bounds:
+            if (stop - seed) * step <= 0:
+                continue
+            mask = np.asarray(planes[seed], bool)
+            start = ObjectMask(mask, 1.0, np.zeros((256, 256), np.float32), tile=None)  # type: ignore[arg-type]
+            tracks.append(_Track(int(label), seed, step, stop, seed, start))
+
+    seed_slices = {label: set(int(i) for i in planes) for label, planes in seeds.items()}
+    found: dict[int, dict[int, ObjectMask]] = {}
+    distance: dict[tuple[int, int], int] = {}
+    total = max(1, sum(abs(t.stop - t.seed) for t in tracks))
+    done = 0
+    while tracks:
+        by_slice: dict[int, list[_Track]] = {}
+        for t in tracks:
+            by_slice.setdefault(t.position + t.step, []).append(t)
+        alive: list[_Track] = []
+        for z, group in sorted(by_slice.items()):
+            objects = []
+            for t in group:
+                obj = prompt_from_mask(t.prev.mask)
+                if settings.use_mask_input and t.prev.tile is not None:
+                    obj.update(mask_input=t.prev.low_res_logits, tile=t.prev.tile)
+                objects.append(obj)
+            results = session.segment(key_at(z), objects)
+            for t, res in zip(group, results):
+                done += 1
+                t.position = z
+                ended = (
+                    res.mask.sum() < settings.min_area
+                    or res.score < settings.score_threshold
+                    or _iou(res.mask, t.prev.mask) < settings.iou_threshold
+                )
+                if ended:
+                    done += abs(t.stop - z)
+                    continue
+                d = abs(z - t.seed)
+                if z not in seed_slices[t.label]:
+                    best = distance.get((t.label, z))
+                    if best is None or d < best:
+                        distance[(t.label, z)] = d
+                        found.setdefault(z, {})[t.label] = res
+                t.prev = res
+                if z == t.stop:
+                    continue
+                alive.append(t)
+            yield min(done / total, 1.0), f"slice {z}: {len(group)} object(s)"
+        tracks = alive
+    return found
+
+
+def seeds_from_labels(labels: np.ndarray, ids: list[int] | None = None, *, slices: dict[int, set[int]] | None = None):
+    """``{label: {slice: mask}}`` from ``N x H x W`` labels; ``slices`` limits each id's seeds
+    (e.g. to the slices a user committed), default every slice where the id occurs."""
+    labels = np.asarray(labels)
+    present = {int(i) for i in np.unique(labels) if i != 0} if ids is None else {int(i) for i in ids}
+    seeds: dict[int, dict[int, np.ndarray]] = {label: {} for label in present}
+    for z in range(labels.shape[0]):
+        plane = labels[z]
+        for label in present:
+            if slices is not None and label in slices and z not in slices[label]:
+                continue
+            mask = plane == label
+            if mask.any():
+                seeds[label][z] = mask
+    return {label: planes for label, planes in seeds.items() if planes}
+
+
+def write_propagation(
+    labels: np.ndarray,
+    found: dict[int, dict[int, ObjectMask]],
+    *,
+    overwrite: bool = False,
+    seeds: dict[int, set[int]] | None = None,
+) -> dict[int, np.ndarray]:
+    """The new planes of ``N x H x W`` ``labels`` after writing ``found``: ``{slice: H x W}``
+    for the slices that change (``labels`` itself is not modified; nothing is copied whole).
+
+    ``seeds`` (``{label: seed slices}``): each such object's pixels outside its seed slices
+    are cleared first, so re-propagating after a correction replaces the old propagation
+    instead of mixing with it. Without ``overwrite`` only pixels that are 0 (or the
+    object's own) are written; among new masks on one slice the higher score wins.
+    """
+    planes: dict[int, np.ndarray] = {}
+
+    def plane(z: int) -> np.ndarray:
+        if z not in planes:
+            planes[z] = np.array(labels[z], copy=True)
+        return planes[z]
+
+    for label, keep in (seeds or {}).items():
+        for z in range(labels.shape[0]):
+            if z not in keep and (np.asarray(labels[z]) == label).any():
+                p = plane(z)
+                p[p == label] = 0
+    for z, objects in found.items():
+        p = plane(z)
+        claimed = np.zeros(p.shape, bool)
+        for label, res in sorted(objects.items(), key=lambda kv: -kv[1].score):
+            free = res.mask & ~claimed
+            if not overwrite:
+                free &= (p == 0) | (p == label)
+            p[free] = label
+            claimed |= res.mask
+    return {z: p for z, p in planes.items() if not np.array_equal(p, labels[z])}

@@ -1,0 +1,285 @@
+"""``SegmentationSession``: one image (a plane or a stack of planes), a model, a store, tiles.
+
+Frames: ``data`` is ``(*lead, H, W)`` or, with ``rgb=True``, ``(*lead, H, W, C)``. A
+*slice key* is the tuple of the leading indices (``()`` for a 2D image); each slice is
+a plane of ``H x W`` pixels. Prompts and masks are in plane pixels: points (x, y), boxes
+XYXY, masks ``H x W`` bool. Tiles and their frames are handled here (see ``tiling``).
+
+Embeddings live in an ``EmbeddingStore`` under content keys (``store.content_key``), so
+a slice whose pixels changed is re-encoded and a reopened image is not. Slices are read
+from ``data`` only when needed (``np.asarray(data[key])``), so a memory-mapped TIFF, a
+zarr or a dask array is never loaded whole. Decoder-ready predictors are kept for the
+``max_ready`` most recent tiles; the store keeps ``max_in_memory`` more in RAM; the rest
+is on disk. Thread-safe: one thread may encode while another decodes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .predictor import SamHQPredictor
+from .store import EmbeddingStore, content_key
+from .tiling import Tile, TileGrid, prompt_extent
+
+SliceKey = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ObjectMask:
+    """One object on one plane: ``mask`` H x W bool (plane frame), the predicted IoU ``score``,
+    ``low_res_logits`` 256 x 256 in the frame of ``tile`` (feed back with the same tile)."""
+
+    mask: np.ndarray
+    score: float
+    low_res_logits: np.ndarray
+    tile: Tile
+
+
+class SegmentationSession:
+    """Interactive SAM-HQ over a plane or a stack, with a store and tiling.
+
+    >>> session = SegmentationSession(load_model("vit_b"), stack, store=EmbeddingStore("emb.zarr"))
+    >>> for fraction, key in session.iter_embed([(10,)]):  # or exhaust(...)
+    ...     pass
+    >>> [obj] = session.segment((10,), [{"box": [40, 40, 120, 110]}])
+    >>> obj.mask  # H x W bool on slice 10
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        rgb: bool = False,
+        store: EmbeddingStore | None = None,
+        tile_size: int = 1024,
+        overlap: int = 256,
+        contrast_limits: tuple[float, float] | None = None,
+        max_ready: int = 4,
+        predictor_factory: Callable[[Any], SamHQPredictor] = SamHQPredictor,
+    ) -> None:
+        shape = tuple(int(s) for s in data.shape)
+        n_lead = len(shape) - (3 if rgb else 2)
+        if n_lead < 0:
+            raise ValueError(
+                f"data of shape {shape} is not (..., H, W)" + (" x C (rgb)" if rgb else "")
+                + ": give a 2D image or a stack of 2D planes"
+            )
+        self.model = model
+        self.data = data
+        self.rgb = rgb
+        self.lead_shape = shape[:n_lead]
+        self.plane_shape = shape[n_lead : n_lead + 2]
+        self.grid = TileGrid(self.plane_shape, tile_size=tile_size, overlap=overlap)
+        self.store = store if store is not None else EmbeddingStore(None)
+        self.contrast_limits = contrast_limits
+        self.model_id = EmbeddingStore.model_id(model.name, model.checkpoint_id)
+        self._factory = predictor_factory
+        self._ready: OrderedDict[str, SamHQPredictor] = OrderedDict()
+        self._max_ready = max_ready
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ slices
+
+    @property
+    def keys(self) -> list[SliceKey]:
+        return [tuple(int(i) for i in idx) for idx in np.ndindex(*self.lead_shape)] if self.lead_shape else [()]
+
+    def check_key(self, key: SliceKey) -> SliceKey:
+        key = tuple(int(k) for k in key)
+        if len(key) != len(self.lead_shape) or any(not 0 <= k < n for k, n in zip(key, self.lead_shape)):
+            raise IndexError(f"slice {key} is not in a stack of shape {self.lead_shape}")
+        return key
+
+    def plane(self, key: SliceKey) -> np.ndarray:
+        """The plane at ``key``: ``H x W`` (or ``H x W x C``), read now."""
+        key = self.check_key(key)
+        return np.asarray(self.data[key] if key else self.data)
+
+    def _limits(self, plane: np.ndarray) -> tuple[float, float] | None:
+        """Contrast limits shared by all tiles of a plane (``None``: the engine's rule per image)."""
+        if self.contrast_limits is not None:
+            return tuple(float(v) for v in self.contrast_limits)
+        if plane.dtype == np.uint8 or not self.grid.tiled:
+            return None  # uint8 as is; an untiled plane gets the min-max rule of to_model_rgb
+        finite = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
+        if finite.size == 0:
+            return (0.0, 0.0)
+        return (float(finite.min()), float(finite.max()))
+
+    def _tile_pixels(self, plane: np.ndarray, tile: Tile) -> np.ndarray:
+        return plane if tile.coarse or not self.grid.tiled else plane[tile.slices]
+
+    def _entries(self, key: SliceKey, tiles: Iterable[Tile], plane: np.ndarray | None = None):
+        """``(tile, store key, pixels, contrast limits)`` for tiles of one plane."""
+        plane = self.plane(key) if plane is None else plane
+        limits = self._limits(plane)
+        for tile in tiles:
+            pixels = self._tile_pixels(plane, tile)
+            yield tile, content_key(pixels, limits), pixels, limits
+
+    def grid_tiles(self) -> list[Tile]:
+        """The tiles every slice is encoded with (the coarse tile is encoded on demand)."""
+        tiles = self.grid.tiles
+        return tiles[:-1] if self.grid.tiled else tiles
+
+    def is_ready(self, key: SliceKey) -> bool:
+        """Whether every grid tile of slice ``key`` is in the store (no encoding needed)."""
+        return all((self.model_id, k) in self.store for _, k, _, _ in self._entries(key, self.grid_tiles()))
+
+    # ------------------------------------------------------------------ encoding
+
+    def iter_embed(
+        self, keys: Iterable[SliceKey] | None = None, *, coarse: bool = False
+    ) -> Generator[tuple[float, SliceKey], None, int]:
+        """Encode the tiles of ``keys`` (default: all slices) that the store lacks.
+
+        Yields ``(fraction done, slice key)`` after every encoder step; returns how many
+        tiles were encoded. Stopping the generator loses at most the tile in progress.
+        """
+        keys = self.keys if keys is None else [self.check_key(k) for k in keys]
+        tiles = self.grid.tiles if coarse else self.grid_tiles()
+        per_key = len(tiles)
+        total = max(1, len(keys) * per_key)
+        encoded = 0
+        for i, key in enumerate(keys):
+            for j, (tile, entry, pixels, limits) in enumerate(self._entries(key, tiles)):
+                done = i * per_key + j
+                if self.store.get(self.model_id, entry) is not None:  # read: damage is found here
+                    yield (done + 1) / total, key
+                    continue
+                predictor = self._factory(self.model)
+                for fraction in predictor.iter_set_image(pixels, contrast_limits=limits):
+                    yield (done + fraction) / total, key
+                self.store.put(
+                    self.model_id, entry, predictor.get_image_embedding(early=False),
+                    slice_key=key, tile=tile.box,
+                )
+                encoded += 1
+        return encoded
+
+    def _predictor(self, key: SliceKey, tile: Tile, plane: np.ndarray) -> SamHQPredictor:
+        """A decoder-ready predictor for one tile; encodes the tile now if the store lacks it."""
+        [(_, entry, pixels, limits)] = list(self._entries(key, [tile], plane))
+        with self._lock:
+            predictor = self._ready.pop(entry, None)
+            if predictor is not None:
+                self._ready[entry] = predictor
+                return predictor
+        emb = self.store.get(self.model_id, entry)
+        predictor = self._factory(self.model)
+        if emb is None:
+            predictor.set_image(pixels, contrast_limits=limits)
+            self.store.put(self.model_id, entry, predictor.get_image_embedding(early=False), slice_key=key, tile=tile.box)
+        else:
+            predictor.set_image_embedding(emb)
+        with self._lock:
+            self._ready[entry] = predictor
+            while len(self._ready) > self._max_ready:
+                self._ready.popitem(last=False)
+        return predictor
+
+    # ------------------------------------------------------------------ decoding
+
+    def segment(
+        self,
+        key: SliceKey,
+        objects: list[dict],
+        *,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ) -> list[ObjectMask]:
+        """One mask per object on slice ``key``.
+
+        Each object is a dict of ``predict`` keywords in plane pixels (``point_coords``
+        N x 2, ``point_labels`` N, ``box`` XYXY) and optionally ``mask_input`` (256 x 256
+        logits) with the ``tile`` they belong to (an ``ObjectMask.tile``); a mask input
+        from another tile than the one chosen is dropped. Objects with the same prompt
+        layout on the same tile are decoded in one batch. A mask that reaches an inner
+        tile edge is decoded again from the tile that holds it, or the coarse tile.
+        """
+        key = self.check_key(key)
+        if not objects:
+            return []
+        plane = self.plane(key)
+        results: list[ObjectMask | None] = [None] * len(objects)
+        todo = list(range(len(objects)))
+        tried: dict[int, tuple[Tile, ...]] = {i: () for i in todo}
+        tile_for = {i: self.grid.choose(prompt_extent(objects[i].get("point_coords"), objects[i].get("box")))
+                    for i in todo}
+        while todo:
+            groups: dict[tuple, list[int]] = {}
+            for i in todo:
+                obj = objects[i]
+                use_mask = obj.get("mask_input") is not None and obj.get("tile") == tile_for[i]
+                layout = (
+                    tile_for[i],
+                    obj.get("box") is not None,
+                    None if obj.get("point_coords") is None else len(obj["point_coords"]),
+                    use_mask,
+                )
+                groups.setdefault(layout, []).append(i)
+            retry = []
+            for (tile, has_box, n_points, use_mask), members in groups.items():
+                out = self._decode(key, plane, tile, [objects[i] for i in members], has_box, n_points, use_mask,
+                                   multimask_output, hq_token_only)
+                for i, result in zip(members, out):
+                    tried[i] += (tile,)
+                    results[i] = result
+                    if self.grid.tiled and not tile.coarse and tile.touches_inner_edge(
+                        result.mask[tile.slices], self.plane_shape
+                    ):
+                        # cut by the tile border: ask the tile that holds the whole mask
+                        extent = prompt_extent(objects[i].get("point_coords"), objects[i].get("box"), result.mask)
+                        nxt = self.grid.choose(extent, exclude=tried[i])
+                        if nxt not in tried[i]:
+                            tile_for[i] = nxt
+                            retry.append(i)
+            todo = retry
+        return [r for r in results if r is not None]
+
+    def _decode(self, key, plane, tile, objs, has_box, n_points, use_mask, multimask, hq_only) -> list[ObjectMask]:
+        predictor = self._predictor(key, tile, plane)
+        origin = tile.origin_xy if self.grid.tiled and not tile.coarse else np.zeros(2)
+        kwargs: dict[str, Any] = {}
+        if n_points is not None:
+            kwargs["point_coords"] = np.stack([np.asarray(o["point_coords"], float) - origin for o in objs])
+            kwargs["point_labels"] = np.stack([np.asarray(o["point_labels"]) for o in objs])
+        if has_box:
+            kwargs["boxes"] = np.stack([np.asarray(o["box"], float).ravel() - np.tile(origin, 2) for o in objs])
+        if use_mask:
+            kwargs["mask_input"] = np.stack([np.asarray(o["mask_input"], np.float32) for o in objs])
+        if self.grid.tiled and not tile.coarse:
+            h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
+            kwargs = _clip_to_tile(kwargs, h, w)
+        batch = predictor.predict_batch(**kwargs, multimask_output=multimask, hq_token_only=hq_only)
+        out = []
+        for j in range(len(objs)):
+            if self.grid.tiled and not tile.coarse:
+                mask = np.zeros(self.plane_shape, bool)
+                mask[tile.slices] = batch.masks[j, 0]
+            else:
+                mask = batch.masks[j, 0]
+            out.append(ObjectMask(mask, float(batch.scores[j, 0]), batch.low_res_logits[j, 0], tile))
+        return out
+
+
+def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:
+    """Points and boxes in tile pixels, clipped onto the tile (a box may reach past it)."""
+    if "boxes" in kwargs:
+        b = kwargs["boxes"].copy()
+        b[:, [0, 2]] = b[:, [0, 2]].clip(-0.5, w - 0.5)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(-0.5, h - 0.5)
+        kwargs["boxes"] = b
+    if "point_coords" in kwargs:
+        p = kwargs["point_coords"].copy()
+        p[..., 0] = p[..., 0].clip(-0.5, w - 0.5)
+        p[..., 1] = p[..., 1].clip(-0.5, h - 0.5)
+        kwargs["point_coords"] = p
+    return kwargs

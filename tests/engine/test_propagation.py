@@ -1,0 +1,146 @@
+"""Propagation through z on synthetic volumes with known ground truth (deterministic model),
+and end to end with a real random-weight SAM-HQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_hq.engine.propagation import (
+    PropagationSettings,
+    iter_propagate,
+    prompt_from_mask,
+    seeds_from_labels,
+    write_propagation,
+)
+from napari_sam_hq.engine.session import SegmentationSession
+from napari_sam_hq.engine.store import EmbeddingStore
+from napari_sam_hq.model import build_sam_hq, prepare_for_inference
+from napari_sam_hq.model.common import exhaust
+from napari_sam_hq.model.registry import ModelSpec
+
+from ..conftest import SMALL_VIT
+from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
+
+
+def _session(image, model=None):
+    return SegmentationSession(model or FakeModel(), image, store=EmbeddingStore(None, max_in_memory=64),
+                               predictor_factory=FakePredictor)
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def _propagate(image, truth, seed_slices, settings=None):
+    seeds = seeds_from_labels(truth, slices={i: set(z) for i, z in seed_slices.items()})
+    found = exhaust(iter_propagate(_session(image), seeds, settings=settings))
+    labels = np.zeros_like(truth)
+    for label, planes in seeds.items():
+        for z, m in planes.items():
+            labels[z][m] = label
+    for z, plane in write_propagation(labels, found).items():
+        labels[z] = plane
+    return labels, found
+
+
+def test_prompt_from_mask_is_the_box_and_the_most_interior_pixel():
+    mask = np.zeros((50, 60), bool)
+    mask[10:31, 20:51] = True
+    p = prompt_from_mask(mask)
+    assert p["box"].tolist() == [20, 10, 50, 30]
+    assert p["point_coords"].tolist() == [[35, 20]] and p["point_labels"].tolist() == [1]
+
+
+def test_one_ellipsoid_from_its_middle_slice_stops_where_it_ends():
+    image, truth = ellipsoid_volume((30, 128, 128), (((14, 64, 64), (9, 40, 30)),), seed=1)
+    labels, found = _propagate(image, truth, {1: [14]})
+    obj = truth == 1
+    assert _dice(labels == 1, obj) > 0.95
+    z_truth = np.nonzero(obj.any(axis=(1, 2)))[0]
+    z_found = np.nonzero((labels == 1).any(axis=(1, 2)))[0]
+    # never beyond the object; at most its thinnest end slice is missed
+    assert z_found.min() >= z_truth.min() and z_found.max() <= z_truth.max()
+    assert z_found.min() <= z_truth.min() + 1 and z_found.max() >= z_truth.max() - 1
+    assert 14 not in found  # seeds are not rewritten
+
+
+def test_touching_blobs_propagate_together_with_their_own_ids():
+    blobs = (((10, 50, 45), (7, 22, 20)), ((12, 50, 86), (8, 22, 22)))  # touch near x = 65
+    image, truth = ellipsoid_volume((24, 100, 130), blobs, seed=2)
+    assert ((truth == 1) & np.roll(truth == 2, -1, axis=2)).any()  # they do touch
+    calls = []
+    session = _session(image)
+    segment = session.segment
+    session.segment = lambda key, objects, **kw: calls.append((key, len(objects))) or segment(key, objects, **kw)
+    seeds = seeds_from_labels(truth, slices={1: {10}, 2: {12}})
+    found = exhaust(iter_propagate(session, seeds))
+    assert any(n == 2 for _, n in calls)  # both objects in one call per slice
+    labels = np.zeros_like(truth)
+    for label, planes in seeds.items():
+        for z, m in planes.items():
+            labels[z][m] = label
+    for z, plane in write_propagation(labels, found).items():
+        labels[z] = plane
+    for i in (1, 2):
+        d = _dice(labels == i, truth == i)
+        print(f"object {i}: Dice {d:.3f}")
+        assert d > 0.85
+
+
+def test_between_two_annotated_slices_it_fills_from_both_ends():
+    image, truth = ellipsoid_volume((30, 128, 128), (((15, 64, 64), (12, 40, 30)),), seed=3)
+    labels, found = _propagate(image, truth, {1: [8, 20]})
+    assert set(range(9, 20)) <= set(found)  # every slice in between
+    assert _dice(labels == 1, truth == 1) > 0.95
+
+
+def test_thresholds_stop_it():
+    image, truth = ellipsoid_volume((20, 96, 96), (((10, 48, 48), (6, 30, 30)),), seed=4)
+    _, found = _propagate(image, truth, {1: [10]}, PropagationSettings(score_threshold=0.95))
+    assert not found  # the rule model's score is 0.9
+    _, found = _propagate(image, truth, {1: [10]}, PropagationSettings(max_slices=2))
+    assert sorted(found) == [8, 9, 11, 12]
+    with pytest.raises(ValueError, match="iou_threshold"):
+        PropagationSettings(iou_threshold=1.5)
+
+
+def test_repropagation_after_a_correction_replaces_the_old_result_and_keeps_others():
+    image, truth = ellipsoid_volume((16, 96, 96), (((8, 48, 48), (5, 30, 30)),), seed=5)
+    labels = np.zeros_like(truth)
+    labels[8][truth[8] == 1] = 1
+    labels[2, 0:5, 0:5] = 1  # a stale, wrong piece of object 1 far away
+    labels[9, 40:44, 40:44] = 7  # someone else's label inside the object: kept
+    seeds = {1: {8: truth[8] == 1}}
+    found = exhaust(iter_propagate(_session(image), seeds))
+    planes = write_propagation(labels, found, seeds={1: {8}})
+    assert not (planes[2] == 1).any()
+    assert (planes[9][40:44, 40:44] == 7).all()
+    assert 8 not in planes  # the seed slice is untouched
+
+
+def test_bad_requests_are_refused():
+    image, truth = ellipsoid_volume((4, 64, 64), (((2, 32, 32), (1, 10, 10)),))
+    with pytest.raises(ValueError, match="needs a stack"):
+        exhaust(iter_propagate(_session(image[0]), {1: {0: truth[0] > 0}}))
+    with pytest.raises(ValueError, match="axis 2"):
+        exhaust(iter_propagate(_session(image), {1: {2: truth[2] > 0}}, axis=2))
+
+
+def test_real_model_end_to_end_one_object_one_id():
+    """A random-weight SAM-HQ (small ViT) runs the whole path; masks mean nothing, the
+    bookkeeping must still hold: one id, seeds untouched, batched per slice."""
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_sam_hq(ModelSpec("small_vit", SMALL_VIT)))
+    image, truth = ellipsoid_volume((5, 96, 120), (((2, 48, 60), (3, 30, 30)),), seed=6)
+    session = SegmentationSession(model, image, store=EmbeddingStore(None))
+    [seed] = session.segment((2,), [{"box": [30, 18, 90, 78]}])
+    seeds = {3: {2: seed.mask}}
+    found = exhaust(iter_propagate(session, seeds, settings=PropagationSettings(
+        score_threshold=0.0, iou_threshold=0.0, min_area=1)))
+    assert set(found) == {0, 1, 3, 4}
+    labels = np.zeros(truth.shape, np.uint32)
+    labels[2][seed.mask] = 3
+    planes = write_propagation(labels, found, seeds={3: {2}})
+    assert all(set(np.unique(p)) <= {0, 3} for p in planes.values())
