@@ -67,3 +67,10 @@ def blob_image(h: int, w: int, *, seed: int = 0, channels: int = 3) -> np.ndarra
         img = img + 120 * ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)
     img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
     return img if channels == 1 else np.repeat(img[..., None], channels, axis=-1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache folder: no checkpoints or embedding stores are shared
+    with the user's ~/.cache or with other tests."""
+    monkeypatch.setenv("NAPARI_SAM_HQ_CACHE", str(tmp_path_factory.mktemp("cache")))

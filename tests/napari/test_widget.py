@@ -39,6 +39,14 @@ def _embed(qtbot, widget, keys=None):
     qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
 
 
+def _ready(widget, layer) -> list:
+    """Slices of ``layer`` whose embeddings are in the widget's store."""
+    if widget.model is None:
+        return []
+    session = widget.session(layer)
+    return [k for k in session.keys if session.is_ready(k)]
+
+
 def _wait_preview(qtbot, widget, n_objects: int):
     qtbot.waitUntil(
         lambda: widget._decode_worker is None
@@ -102,7 +110,7 @@ def test_3d_prompts_on_two_slices_label_exactly_those_slices(make_napari_viewer,
     viewer.add_image(stack, name="stack")
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget)
-    assert len(widget._embeddings) == 5
+    assert len(_ready(widget, viewer.layers["stack"])) == 5
     points = viewer.layers[C.POINTS_LAYER]
     points.add([[1, 40, 60], [3, 50, 70]])
     _wait_preview(qtbot, widget, 2)
@@ -142,17 +150,17 @@ def test_cancel_mid_embedding_and_layer_removal(make_napari_viewer, qtbot, check
     layer = viewer.add_image(stack, name="stack")
     widget = _widget(viewer, checkpoint)
     widget.compute_embeddings()
-    qtbot.waitUntil(lambda: len(widget._embeddings) >= 1, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: len(_ready(widget, layer)) >= 1, timeout=TIMEOUT)
     widget.cancel_button.click()
     qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
-    assert 1 <= len(widget._embeddings) < 12
+    assert 1 <= len(_ready(widget, layer)) < 12
     assert widget.compute_button.isEnabled()
     # Removing the image while it is being encoded cancels cleanly.
     widget.compute_embeddings()
     qtbot.waitUntil(lambda: widget.progress_bar.value() > 0, timeout=TIMEOUT)
     viewer.layers.remove(layer)
     qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
-    assert not widget._embeddings
+    assert layer.unique_id not in widget._sessions
 
 
 def test_slice_without_embedding_is_computed_on_demand(make_napari_viewer, qtbot, checkpoint):
@@ -162,7 +170,7 @@ def test_slice_without_embedding_is_computed_on_demand(make_napari_viewer, qtbot
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget, keys=[(0,)])
     viewer.layers[C.POINTS_LAYER].add([2, 30, 40])
-    qtbot.waitUntil(lambda: (viewer.layers["stack"].unique_id, (2,)) in widget._embeddings, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: (2,) in _ready(widget, viewer.layers["stack"]), timeout=TIMEOUT)
     _wait_preview(qtbot, widget, 1)
     assert viewer.layers[C.PREVIEW_LAYER].data[2].any()
 
@@ -172,11 +180,12 @@ def test_changed_data_is_never_served_stale(make_napari_viewer, qtbot, checkpoin
     layer = viewer.add_image(blob_image(64, 64, seed=5, channels=1), name="img")
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget)
-    assert widget._cached(layer, ()) is not None
-    data = layer.data.copy()
-    data[3, 3] += 1
-    layer.data = data
-    assert widget._cached(layer, ()) is None
+    assert widget._is_ready(layer, ())
+    layer.data[3, 3] += 1  # in place: the same array, other pixels
+    assert not widget._is_ready(layer, ())
+    layer.data = layer.data.copy()  # a new array with the same pixels: found again
+    layer.data[3, 3] -= 1
+    assert widget._is_ready(layer, ())
 
 
 def test_bad_inputs_notify_and_never_crash(make_napari_viewer, qtbot, tmp_path):
@@ -198,7 +207,7 @@ def test_two_viewers_have_their_own_state(make_napari_viewer, qtbot, checkpoint)
     w1, w2 = _widget(v1, checkpoint), _widget(v2, checkpoint)
     _embed(qtbot, w1)
     assert w1.model is not None and w2.model is None
-    assert w1._embeddings and not w2._embeddings
+    assert w1._sessions and not w2._sessions
     assert v2.layers[C.POINTS_LAYER] is not v1.layers[C.POINTS_LAYER]
 
 

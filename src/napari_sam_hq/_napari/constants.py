@@ -17,3 +17,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 KEY_COMMIT = "Shift-C"
 KEY_NEGATIVE = "Shift-N"
 KEY_CLEAR = "Shift-X"
+
+# Embeddings: tiles for planes larger than the model input, prefetch, what stays in RAM.
+TILE_SIZE = 1024
+TILE_OVERLAP = 256
+PREFETCH = 2  # slices on each side of the one on screen, encoded next
+STORE_RAM_ENTRIES = 16  # float16 embeddings kept in RAM by the store (~6 MB each)
+READY_TILES = 6  # decoder-ready tiles (float32 + transformer projections, ~20 MB each for vit_b)

@@ -1,15 +1,19 @@
-"""The SAM-HQ dock widget: embeddings in the background, prompts, preview, commit, undo.
+"""The SAM-HQ dock widget: embeddings in the background, prompts, preview, commit, undo,
+propagation through stacks.
 
-Threads: model loading and embeddings run in a ``thread_worker`` generator (progress,
-cancel between encoder steps); decoding runs in a second worker, coalesced so only the
-latest prompts are decoded. Layers change only on the GUI thread, in the workers'
-``yielded`` / ``returned`` handlers. All state lives on the widget: two viewers, two
-widgets, nothing shared but the (read-only) model weights.
+Threads: model loading and embeddings run in a ``thread_worker`` generator that takes
+slices from a queue (the slice on screen jumps to the front, its neighbours follow:
+prefetch; progress; cancel between encoder steps); decoding runs in a second worker,
+coalesced so only the latest prompts are decoded; propagation in a third. Layers change
+only on the GUI thread, in the workers' ``yielded`` / ``returned`` handlers. Embeddings
+go through an ``EmbeddingStore`` on disk (the cache folder unless the user picks one),
+so reopening an image is instant and RAM stays bounded. All state lives on the widget:
+two viewers, two widgets, nothing shared but the (read-only) model weights.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,50 +23,30 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ..engine.propagation import PropagationSettings
 from . import constants as C
-from .commit import write_objects
-from .layers import SliceKey, all_keys, collect_prompts, current_key, leading_ndim
-from .layers import plane, plane_signature, spatial_shape
+from .commit import apply_planes, write_into, write_objects
+from .layers import SliceKey, all_keys, collect_prompts, current_key, leading_ndim, spatial_shape
 
 if TYPE_CHECKING:
     import napari
 
-    from ..engine import ImageEmbedding
+    from ..engine import EmbeddingStore, SegmentationSession
     from ..model import SamHQ
-
-
-# Slices whose decoder-ready state (embedding + HQ features, ~25 MB for vit_b) is kept.
-READY_SLICES = 8
-
-
-def _predict_objects(predictor, objects: list[dict], *, multimask: bool, hq_only: bool):
-    """Masks and scores for every object of one slice (``SlicePrompts.objects()``);
-    boxes-only objects in one batch."""
-    results: list[tuple[np.ndarray, float] | None] = [None] * len(objects)
-    box_only = [i for i, o in enumerate(objects) if set(o) == {"box"}]
-    if box_only:
-        batch = predictor.predict_batch(
-            boxes=np.stack([objects[i]["box"] for i in box_only]),
-            multimask_output=multimask,
-            hq_token_only=hq_only,
-        )
-        for j, i in enumerate(box_only):
-            results[i] = (batch.masks[j, 0], float(batch.scores[j, 0]))
-    for i, obj in enumerate(objects):
-        if results[i] is None:
-            out = predictor.predict(**obj, multimask_output=multimask, hq_token_only=hq_only)
-            results[i] = (out.masks[0], float(out.scores[0]))
-    return results
 
 
 class SamHQWidget(QWidget):
@@ -74,18 +58,21 @@ class SamHQWidget(QWidget):
         # --- session state
         self.model: SamHQ | None = None
         self._model_key: tuple[str, str] | None = None
-        # (layer.unique_id, slice key) -> (content signature, embedding). A plugin sees layers
+        self._store: EmbeddingStore | None = None
+        self._store_key: str | None = None
+        # layer.unique_id -> (what the session was built from, session). A plugin sees layers
         # through proxies, so id() is not stable; unique_id is.
-        self._embeddings: dict[tuple[Any, SliceKey], tuple[str, ImageEmbedding]] = {}
+        self._sessions: dict[Any, tuple[tuple, SegmentationSession]] = {}
+        self._session_lock = threading.Lock()
+        self._queue: list[tuple[Any, SliceKey]] = []  # (image layer, slice) to encode, next first
+        self._queue_lock = threading.Lock()
         self._embed_worker = None
-        self._embed_layer = None
         self._decode_worker = None
         self._decode_dirty = False
-        # (layer uid, slice key, signature) -> predictor with that embedding set. Used only by
-        # the decode worker (one at a time), so the prompt path skips set_image_embedding's
-        # HQ-feature computation.
-        self._ready: OrderedDict[tuple, Any] = OrderedDict()
+        self._propagate_worker = None
         self._preview_objects: dict[SliceKey, list[tuple[np.ndarray, float, bool]]] = {}
+        # labels layer uid -> {label id: slices the user committed} (the propagation seeds)
+        self._committed: dict[Any, dict[int, set[SliceKey]]] = {}
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
@@ -124,6 +111,46 @@ class SamHQWidget(QWidget):
         self.clear_button = QPushButton(f"Clear prompts ({C.KEY_CLEAR})")
         self.status_label = QLabel("Pick an image and compute embeddings.")
         self.status_label.setWordWrap(True)
+        # embeddings: where they are kept, tiles for large planes
+        self.store_edit = QLineEdit()
+        self.store_edit.setPlaceholderText("cache folder (default)")
+        self.store_edit.setToolTip(
+            "Folder of the embedding store (zarr). Empty: the cache folder. 'none': keep embeddings "
+            "in RAM only. Reopening an image with the same model reuses stored embeddings."
+        )
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(256, 4096)
+        self.tile_spin.setSingleStep(128)
+        self.tile_spin.setValue(C.TILE_SIZE)
+        self.tile_spin.setToolTip("Planes larger than this are embedded as overlapping tiles")
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 2048)
+        self.overlap_spin.setSingleStep(32)
+        self.overlap_spin.setValue(C.TILE_OVERLAP)
+        self.overlap_spin.setToolTip("Objects up to this size always fit in one tile (at most half the tile)")
+        # propagation through the stack
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.setToolTip(
+            "Segment the objects of this slice on the neighbouring slices, both ways, until they end"
+        )
+        self.selected_only_check = QCheckBox("Only the selected label")
+        self.into_selected_check = QCheckBox("Commit corrects the selected label")
+        self.into_selected_check.setToolTip(
+            "Commit replaces the selected label on this slice instead of adding new objects; "
+            "then Propagate again from the corrected slice"
+        )
+        defaults = PropagationSettings()
+        self.score_spin = QDoubleSpinBox()
+        self.iou_spin = QDoubleSpinBox()
+        for spin, value, tip in (
+            (self.score_spin, defaults.score_threshold, "Stop where the predicted IoU falls below this"),
+            (self.iou_spin, defaults.iou_threshold, "Stop where the overlap (IoU) with the previous slice falls below this"),
+        ):
+            spin.setRange(0.0, 1.0)
+            spin.setSingleStep(0.05)
+            spin.setDecimals(2)
+            spin.setValue(value)
+            spin.setToolTip(tip)
 
         form = QFormLayout()
         model_row = QHBoxLayout()
@@ -133,6 +160,12 @@ class SamHQWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
+        form.addRow("Store", self.store_edit)
+        tiles_row = QHBoxLayout()
+        tiles_row.addWidget(self.tile_spin)
+        tiles_row.addWidget(QLabel("overlap"))
+        tiles_row.addWidget(self.overlap_spin)
+        form.addRow("Tiles", tiles_row)
         compute_row = QHBoxLayout()
         compute_row.addWidget(self.compute_button, 1)
         compute_row.addWidget(self.cancel_button)
@@ -147,6 +180,14 @@ class SamHQWidget(QWidget):
             layout.addWidget(w)
         layout.addLayout(commit_row)
         layout.addWidget(self.clear_button)
+        box = QGroupBox("Stacks")
+        box_form = QFormLayout(box)
+        box_form.addRow(self.into_selected_check)
+        box_form.addRow("Stop below score", self.score_spin)
+        box_form.addRow("Stop below IoU", self.iou_spin)
+        box_form.addRow(self.selected_only_check)
+        box_form.addRow(self.propagate_button)
+        layout.addWidget(box)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
@@ -156,6 +197,10 @@ class SamHQWidget(QWidget):
         self.commit_button.clicked.connect(lambda: self.commit())
         self.undo_button.clicked.connect(self.undo)
         self.clear_button.clicked.connect(self.clear_prompts)
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.store_edit.editingFinished.connect(self._on_options_changed)
+        self.tile_spin.valueChanged.connect(lambda _: self._on_options_changed())
+        self.overlap_spin.valueChanged.connect(lambda _: self._on_options_changed())
         self.negative_check.toggled.connect(self._on_negative_toggled)
         self.multimask_check.toggled.connect(lambda _: self.request_preview())
         self.hq_only_check.toggled.connect(lambda _: self.request_preview())
@@ -206,12 +251,14 @@ class SamHQWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
-        if self._embed_layer is not None and removed.unique_id == self._embed_layer.unique_id and self._embed_worker is not None:
-            self.cancel()
-            show_warning(f"SAM-HQ: image layer '{removed.name}' was removed; embedding cancelled")
-        self._embeddings = {k: v for k, v in self._embeddings.items() if k[0] != removed.unique_id}
-        for ready_key in [k for k in self._ready if k[0] == removed.unique_id]:
-            del self._ready[ready_key]
+        with self._queue_lock:
+            queued = len(self._queue)
+            self._queue[:] = [(lay, k) for lay, k in self._queue if lay.unique_id != removed.unique_id]
+            if len(self._queue) < queued:
+                show_warning(f"SAM-HQ: image layer '{removed.name}' was removed; its embeddings are no longer computed")
+        with self._session_lock:
+            self._sessions.pop(removed.unique_id, None)
+        self._committed.pop(removed.unique_id, None)
         self._refresh_layers()
 
     def _on_image_changed(self) -> None:
@@ -296,55 +343,122 @@ class SamHQWidget(QWidget):
             points.feature_defaults["label"] = C.NEGATIVE if negative else C.POSITIVE
 
     def _on_slice_changed(self, _event: Any = None) -> None:
+        """The slice on screen goes to the front of the queue, its neighbours after it."""
         layer = self.image_layer
         if layer is None or self.model is None:
             return
-        key = current_key(self.viewer, layer)
-        if self._cached(layer, key) is None and self._embed_worker is None:
-            self.compute_embeddings(keys=[key])
+        here = current_key(self.viewer, layer)
+        lead = layer.data.shape[: leading_ndim(layer)]
+        near = [here]
+        for d in range(1, C.PREFETCH + 1):
+            for axis in range(len(here)):
+                for step in (-d, d):
+                    k = list(here)
+                    k[axis] += step
+                    if 0 <= k[axis] < lead[axis]:
+                        near.append(tuple(k))
+        self.compute_embeddings(keys=near)
 
     # ------------------------------------------------------------------ embeddings
 
     def _model_request(self) -> tuple[str, str]:
         return self.model_combo.currentText().strip(), self.device_combo.currentText()
 
-    def _cached(
-        self, layer, key: SliceKey, signature: str | None = None
-    ) -> tuple[str, ImageEmbedding] | None:
-        """The stored (signature, embedding) of a slice if it still matches the pixels.
+    def _on_options_changed(self) -> None:
+        """Store or tile options changed: sessions are rebuilt on next use (stored
+        embeddings stay valid: their keys do not depend on these options)."""
+        with self._session_lock:
+            self._sessions.clear()
 
-        ``signature`` is the plane's content hash when the caller has it already.
-        """
-        hit = self._embeddings.get((layer.unique_id, key))
-        if hit is None:
-            return None
-        if signature is None:
-            signature = plane_signature(plane(layer, key))
-        return hit if hit[0] == signature else None  # data changed: never serve it stale
+    def store(self) -> EmbeddingStore:
+        """The embedding store the options name (opened once per choice)."""
+        from ..engine import EmbeddingStore, default_store_root
+
+        text = self.store_edit.text().strip()
+        if self._store is None or self._store_key != text:
+            if text.lower() == "none":
+                self._store = EmbeddingStore(None, max_in_memory=C.STORE_RAM_ENTRIES)
+            else:
+                root = text or default_store_root()
+                try:
+                    self._store = EmbeddingStore(root, max_in_memory=C.STORE_RAM_ENTRIES)
+                except (ValueError, OSError) as err:
+                    self._report_error(f"{err}. Embeddings are kept in RAM for now.")
+                    self._store = EmbeddingStore(None, max_in_memory=C.STORE_RAM_ENTRIES)
+            self._store_key = text
+        return self._store
+
+    def session(self, layer: napari.layers.Image | None = None, model: SamHQ | None = None) -> SegmentationSession:
+        """The engine session of ``layer`` (default: the chosen image) with ``model``."""
+        from ..engine import SegmentationSession
+
+        layer = layer or self.image_layer
+        model = model or self.model
+        if layer is None or model is None:
+            raise RuntimeError("pick an image and compute embeddings first")
+        store = self.store()
+        spec = (id(model), id(layer.data), layer.rgb, id(store), self.tile_spin.value(), self.overlap_spin.value())
+        with self._session_lock:
+            hit = self._sessions.get(layer.unique_id)
+            if hit is None or hit[0] != spec:
+                overlap = min(self.overlap_spin.value(), self.tile_spin.value() // 2)
+                session = SegmentationSession(
+                    model, layer.data, rgb=layer.rgb, store=store,
+                    tile_size=self.tile_spin.value(), overlap=overlap, max_ready=C.READY_TILES,
+                )
+                hit = self._sessions[layer.unique_id] = (spec, session)
+            return hit[1]
+
+    def _is_ready(self, layer, key: SliceKey) -> bool:
+        if self.model is None:
+            return False
+        try:
+            return self.session(layer).is_ready(key)
+        except (ValueError, OSError):
+            return False
+
+    def _enqueue(self, layer, keys: list[SliceKey]) -> None:
+        """Put ``keys`` of ``layer`` at the front of the encoding queue, in this order."""
+        with self._queue_lock:
+            new = list(dict.fromkeys(keys))
+            rest = [(lay, k) for lay, k in self._queue if not (lay.unique_id == layer.unique_id and k in new)]
+            self._queue[:] = [(layer, k) for k in new] + rest
+
+    def _next_key(self) -> tuple[Any, SliceKey | None, int]:
+        with self._queue_lock:
+            if not self._queue:
+                return None, None, 0
+            layer, key = self._queue.pop(0)
+            return layer, key, len(self._queue)
 
     def compute_embeddings(self, keys: list[SliceKey] | None = None):
-        """Start encoding ``keys`` (default: the current slice, then the rest) in the background.
+        """Encode ``keys`` (default: the current slice, then the rest, nearest first) of the
+        chosen image in the background; slices already in the store are skipped. While a
+        job runs, ``keys`` go to the front of its queue (whichever image they belong to).
 
-        Returns the worker (or ``None`` when nothing needs doing).
+        Returns the worker (or ``None`` when none could start).
         """
         layer = self.image_layer
         if layer is None:
             show_warning("SAM-HQ: open an image layer first (and pick it in the Image box)")
             return None
-        if self._embed_worker is not None:
-            show_info("SAM-HQ: embeddings are already being computed")
-            return None
         if keys is None:
             here = current_key(self.viewer, layer)
             keys = sorted(all_keys(layer), key=lambda k: (sum(abs(a - b) for a, b in zip(k, here)), k))
+        if self._embed_worker is not None:
+            self._enqueue(layer, keys)
+            return self._embed_worker
         self._ensure_prompt_layers(layer)
+        with self._queue_lock:
+            self._queue[:] = []
+        self._enqueue(layer, keys)
         request = self._model_request()
         model = self.model if request == self._model_key else None
-        worker = self._embed_job(layer, keys, request, model)
+        worker = self._embed_job(request, model)
         worker.yielded.connect(self._on_embed_yielded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_embed_finished)
-        self._embed_worker, self._embed_layer = worker, layer
+        self._embed_worker = worker
         self.compute_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setValue(0)
@@ -353,8 +467,7 @@ class SamHQWidget(QWidget):
         return worker
 
     @thread_worker
-    def _embed_job(self, layer, keys: list[SliceKey], request: tuple[str, str], model):
-        from ..engine import SamHQPredictor
+    def _embed_job(self, request: tuple[str, str], model):
         from ..model import load_model
 
         if model is None:
@@ -365,16 +478,23 @@ class SamHQWidget(QWidget):
                 yield ("error", str(err))
                 return
             yield ("model", request, model)
-        predictor = SamHQPredictor(model)
-        for i, key in enumerate(keys):
-            data = plane(layer, key)
-            signature = plane_signature(data)
-            if self._cached(layer, key, signature) is not None:
-                yield ("progress", (i + 1) / len(keys), key)
-                continue
-            for fraction in predictor.iter_set_image(data):
-                yield ("progress", (i + fraction) / len(keys), key)
-            yield ("embedding", layer, key, signature, predictor.get_image_embedding())
+        done = 0
+        while True:
+            layer, key, left = self._next_key()
+            if key is None:
+                return
+            if layer not in self.viewer.layers:
+                continue  # removed while queued
+            session = self.session(layer, model)
+            total = done + 1 + left
+            try:
+                for fraction, _ in session.iter_embed([key]):
+                    yield ("progress", (done + fraction) / total, key)
+            except (ValueError, IndexError) as err:  # an unusable plane: say so, go on with the rest
+                yield ("error", f"slice {key}: {err}" if key else str(err))
+            else:
+                yield ("embedding", layer, key)
+            done += 1
 
     def _on_embed_yielded(self, message: tuple) -> None:
         kind = message[0]
@@ -384,25 +504,28 @@ class SamHQWidget(QWidget):
             self._report_error(message[1])
         elif kind == "model":
             self._model_key, self.model = message[1], message[2]
-            self._embeddings.clear()
+            with self._session_lock:
+                self._sessions.clear()
             show_info(f"SAM-HQ: loaded {self.model.name} on {self.model.device}")
         elif kind == "progress":
             self.progress_bar.setValue(int(1000 * message[1]))
         elif kind == "embedding":
-            _, layer, key, signature, emb = message
-            self._embeddings[(layer.unique_id, key)] = (signature, emb)
+            _, layer, key = message
             where = f" (slice {key[0] if len(key) == 1 else key})" if key else ""
             self.status_label.setText(f"Embedding ready{where}. Click to add points, draw boxes.")
             self.request_preview()
 
     def _on_embed_finished(self) -> None:
         self._embed_worker = None
-        self._embed_layer = None
         self.compute_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
     def cancel(self) -> None:
-        """Stop the embedding worker between two encoder steps."""
+        """Stop the embedding and propagation workers between two steps."""
+        with self._queue_lock:
+            self._queue[:] = []
+        if self._propagate_worker is not None:
+            self._propagate_worker.quit()
         if self._embed_worker is not None:
             self._embed_worker.quit()
             self.status_label.setText("Cancelled.")
@@ -442,15 +565,14 @@ class SamHQWidget(QWidget):
             objects = p.objects()
             if not objects:
                 continue
-            hit = self._cached(layer, key)
-            if hit is None:
-                missing.append(key)
+            if self._is_ready(layer, key):
+                jobs[key] = objects
             else:
-                jobs[key] = ((layer.unique_id, key, hit[0]), hit[1], objects)
-        if missing and self._embed_worker is None:
-            self.compute_embeddings(keys=missing)  # compute it, don't fail
+                missing.append(key)
+        if missing:
+            self.compute_embeddings(keys=missing)  # compute it first, don't fail
         worker = self._decode_job(
-            self.model, jobs, self.multimask_check.isChecked(), self.hq_only_check.isChecked()
+            self.session(layer), jobs, self.multimask_check.isChecked(), self.hq_only_check.isChecked()
         )
         worker.returned.connect(self._on_decoded)
         worker.errored.connect(self._on_worker_error)
@@ -460,24 +582,15 @@ class SamHQWidget(QWidget):
         worker.start()
 
     @thread_worker
-    def _decode_job(self, model, jobs, multimask: bool, hq_only: bool):
-        from ..engine import SamHQPredictor
-
+    def _decode_job(self, session: SegmentationSession, jobs, multimask: bool, hq_only: bool):
         out = {}
-        for key, (ready_key, emb, objects) in jobs.items():
-            predictor = self._ready.pop(ready_key, None)
-            if predictor is None or predictor.model is not model:
-                predictor = SamHQPredictor(model)
-                predictor.set_image_embedding(emb)
-            self._ready[ready_key] = predictor
-            while len(self._ready) > READY_SLICES:
-                self._ready.popitem(last=False)
+        for key, objects in jobs.items():
             try:
-                results = _predict_objects(predictor, objects, multimask=multimask, hq_only=hq_only)
+                results = session.segment(key, objects, multimask_output=multimask, hq_token_only=hq_only)
             except ValueError as err:  # a prompt the engine refuses: say which, keep the rest
                 out[key] = ("error", str(err))
                 continue
-            out[key] = [(m, s, "box" not in o) for (m, s), o in zip(results, objects)]
+            out[key] = [(r.mask, r.score, "box" not in o) for r, o in zip(results, objects)]
         return out
 
     def _on_decoded(self, result: dict) -> None:
@@ -542,10 +655,26 @@ class SamHQWidget(QWidget):
         except ValueError as err:
             show_error(f"SAM-HQ: {err}")
             return []
-        written = write_objects(target, self._preview_objects, overwrite=self.overwrite_check.isChecked())
+        overwrite = self.overwrite_check.isChecked()
+        committed = self._committed.setdefault(target.unique_id, {})
+        if self.into_selected_check.isChecked():
+            label = int(target.selected_label)
+            try:
+                keys = write_into(target, self._preview_objects, label, overwrite=overwrite)
+            except ValueError as err:
+                show_error(f"SAM-HQ: {err}")
+                return []
+            committed.setdefault(label, set()).update(keys)
+            self.clear_prompts()
+            self.status_label.setText(f"Corrected label {label} on {len(keys)} slice(s). Propagate to follow it.")
+            return [label]
+        written = write_objects(target, self._preview_objects, overwrite=overwrite)
+        for label, keys in written.items():
+            committed.setdefault(label, set()).update(keys)
+        ids = list(written)
         self.clear_prompts()
-        self.status_label.setText(f"Committed {len(written)} object(s): ids {written[:10]}")
-        return written
+        self.status_label.setText(f"Committed {len(ids)} object(s): ids {ids[:10]}")
+        return ids
 
     def undo(self) -> None:
         name = self.labels_combo.currentText()
@@ -562,3 +691,87 @@ class SamHQWidget(QWidget):
         if C.PREVIEW_LAYER in self.viewer.layers:
             preview = self.viewer.layers[C.PREVIEW_LAYER]
             preview.data = np.zeros_like(preview.data)
+
+    # ------------------------------------------------------------------ propagation
+
+    def propagate(self):
+        """Propagate the objects of the current slice (or the selected label) through the
+        stack along the last slicing axis. Returns the worker, or ``None``."""
+        image = self.image_layer
+        if image is None or self.model is None:
+            show_info("SAM-HQ: compute embeddings and commit an object first")
+            return None
+        n = leading_ndim(image)
+        if n == 0:
+            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
+            return None
+        if self._propagate_worker is not None:
+            show_info("SAM-HQ: a propagation is already running")
+            return None
+        try:
+            target = self._target_labels(image)
+        except ValueError as err:
+            show_error(f"SAM-HQ: {err}")
+            return None
+        from ..engine.propagation import seeds_from_labels
+
+        axis = n - 1
+        here = current_key(self.viewer, image)
+        prefix = here[:axis]
+        stack = target.data[prefix] if prefix else target.data  # N x H x W along the axis
+        if self.selected_only_check.isChecked():
+            ids = [int(target.selected_label)]
+        else:
+            ids = [int(i) for i in np.unique(np.asarray(stack[here[axis]])) if i != 0]
+        if not ids or ids == [0]:
+            show_info("SAM-HQ: no object on this slice to propagate: commit one first (or pick its label)")
+            return None
+        tracked = self._committed.get(target.unique_id, {})
+        slices = {
+            label: {k[axis] for k in tracked[label] if k[:axis] == prefix}
+            for label in ids if tracked.get(label) and any(k[:axis] == prefix for k in tracked[label])
+        }
+        seeds = seeds_from_labels(stack, ids, slices=slices)
+        if not seeds:
+            show_info(f"SAM-HQ: label(s) {ids} have no pixels in this stack")
+            return None
+        settings = PropagationSettings(score_threshold=self.score_spin.value(), iou_threshold=self.iou_spin.value())
+        worker = self._propagate_job(self.session(image), seeds, axis, here, settings)
+        worker.yielded.connect(lambda m: (self.progress_bar.setValue(int(1000 * m[0])), self.status_label.setText(m[1])))
+        worker.returned.connect(lambda found: self._on_propagated(target, prefix, found, slices, seeds))
+        worker.errored.connect(self._on_worker_error)
+        worker.finished.connect(self._on_propagate_finished)
+        self._propagate_worker = worker
+        self.propagate_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(f"Propagating {len(seeds)} object(s)…")
+        worker.start()
+        return worker
+
+    @thread_worker
+    def _propagate_job(self, session, seeds, axis, base_key, settings):
+        from ..engine.propagation import iter_propagate
+
+        return (yield from iter_propagate(session, seeds, axis=axis, base_key=base_key, settings=settings))
+
+    def _on_propagated(self, target, prefix, found, slices, seeds) -> None:
+        from ..engine.propagation import write_propagation
+
+        if target not in self.viewer.layers:
+            show_warning("SAM-HQ: the labels layer was removed during propagation; nothing written")
+            return
+        stack = target.data[prefix] if prefix else target.data
+        planes = write_propagation(
+            stack, found, overwrite=self.overwrite_check.isChecked(), seeds={k: v for k, v in slices.items()}
+        )
+        apply_planes(target, prefix, planes)
+        reach = sorted(found)
+        span = f"slices {reach[0]}-{reach[-1]}" if reach else "no new slice"
+        self.status_label.setText(f"Propagated {len(seeds)} object(s): {span} ({len(found)} slices).")
+        self.progress_bar.setValue(1000)
+
+    def _on_propagate_finished(self) -> None:
+        self._propagate_worker = None
+        self.propagate_button.setEnabled(True)
+        if self._embed_worker is None:
+            self.cancel_button.setEnabled(False)

@@ -124,6 +124,11 @@ class SegmentationSession:
             pixels = self._tile_pixels(plane, tile)
             yield tile, content_key(pixels, limits), pixels, limits
 
+    def entry_keys(self, key: SliceKey, *, coarse: bool = False) -> list[tuple[Tile, str]]:
+        """``(tile, store key)`` of every tile of slice ``key`` (what ``iter_embed`` stores)."""
+        tiles = self.grid.tiles if coarse else self.grid_tiles()
+        return [(tile, entry) for tile, entry, _, _ in self._entries(key, tiles)]
+
     def grid_tiles(self) -> list[Tile]:
         """The tiles every slice is encoded with (the coarse tile is encoded on demand)."""
         tiles = self.grid.tiles

@@ -1,0 +1,147 @@
+"""Stacks and large images in the widget: lazy slices and prefetch, the store across
+sessions, tiles, propagation with correction and undo (small random model under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_hq._napari import constants as C
+
+from ..conftest import blob_image
+from .test_widget import TIMEOUT, _embed, _ready, _wait_preview, _widget, checkpoint  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+def _stack(n: int, h: int = 64, w: int = 80) -> np.ndarray:
+    return np.stack([blob_image(h, w, seed=s, channels=1) for s in range(n)])
+
+
+def test_slice_on_screen_first_then_its_neighbours(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(_stack(12), name="stack")
+    widget = _widget(viewer, checkpoint)
+    _embed(qtbot, widget, keys=[(0,)])
+    assert _ready(widget, layer) == [(0,)]
+    order = []
+    widget.store().put = _recording(widget.store().put, order)
+    viewer.dims.set_current_step(0, 7)
+    qtbot.waitUntil(lambda: widget._embed_worker is None and len(order) == 5, timeout=TIMEOUT)
+    assert order[0] == (7,) and sorted(order) == [(5,), (6,), (7,), (8,), (9,)]
+    assert sorted(_ready(widget, layer)) == [(0,), (5,), (6,), (7,), (8,), (9,)]
+
+
+def _recording(put, order):
+    def wrapper(model, key, emb, *, slice_key=None, tile=None):
+        order.append(slice_key)
+        return put(model, key, emb, slice_key=slice_key, tile=tile)
+
+    return wrapper
+
+
+def test_a_new_session_reuses_the_store(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    stack = _stack(4)
+    store_dir = str(tmp_path / "embeddings.zarr")
+    first = make_napari_viewer()
+    first.add_image(stack, name="stack")
+    w1 = _widget(first, checkpoint)
+    w1.store_edit.setText(store_dir)
+    _embed(qtbot, w1)
+    assert w1.store().writes == 4
+    second = make_napari_viewer()
+    second.add_image(stack.copy(), name="again")
+    w2 = _widget(second, checkpoint)
+    w2.store_edit.setText(store_dir)
+    _embed(qtbot, w2)
+    assert w2.store().writes == 0 and w2.store().hits >= 4
+    assert len(_ready(w2, second.layers["again"])) == 4
+
+
+def test_bad_store_folder_falls_back_to_ram_with_a_message(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(40, 50, channels=1), name="img")
+    widget = _widget(viewer, checkpoint)
+    widget.store_edit.setText(str(tmp_path))
+    _embed(qtbot, widget)
+    assert "not an embedding store" in widget.status_label.text() or widget.store().root is None
+    assert widget.store().root is None
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_large_image_is_tiled_and_prompts_work(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(300, 420, seed=3, channels=1), name="big")
+    widget = _widget(viewer, checkpoint)
+    widget.tile_spin.setValue(256)
+    widget.overlap_spin.setValue(64)
+    _embed(qtbot, widget)
+    session = widget.session()
+    assert session.grid.tiled and len(session.grid_tiles()) == 4
+    assert len(widget.store().entries(session.model_id)) == 4
+    viewer.layers[C.POINTS_LAYER].add([250, 380])
+    _wait_preview(qtbot, widget, 1)
+    [new_id] = widget.commit()
+    assert (viewer.layers[C.LABELS_LAYER].data == new_id).any()
+
+
+def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_stack(6), name="stack")
+    widget = _widget(viewer, checkpoint)
+    _embed(qtbot, widget)
+    # one object on slice 2
+    viewer.dims.set_current_step(0, 2)
+    viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[2, 10, 10], [2, 10, 60], [2, 50, 60], [2, 50, 10]]))
+    _wait_preview(qtbot, widget, 1)
+    [label] = widget.commit()
+    labels = viewer.layers[C.LABELS_LAYER]
+    before = labels.data.copy()
+    assert [z for z in range(6) if (before[z] == label).any()] == [2]
+    # random weights: make it go through every slice
+    widget.score_spin.setValue(0.0)
+    widget.iou_spin.setValue(0.0)
+    worker = widget.propagate()
+    assert worker is not None
+    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=TIMEOUT)
+    after = labels.data.copy()
+    reached = [z for z in range(6) if (after[z] == label).any()]
+    assert len(reached) > 1 and set(np.unique(after)) == {0, label}
+    assert np.array_equal(after[2], before[2])  # the seed slice is kept as committed
+    # correct slice 4 into the same label, then propagate again from the corrections
+    viewer.dims.set_current_step(0, 4)
+    labels.selected_label = label
+    widget.into_selected_check.setChecked(True)
+    viewer.layers[C.POINTS_LAYER].add([4, 30, 40])
+    _wait_preview(qtbot, widget, 1)
+    assert widget.commit() == [label]
+    corrected = labels.data[4].copy()
+    assert set(np.unique(labels.data)) <= {0, label}
+    widget.selected_only_check.setChecked(True)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=TIMEOUT)
+    final = labels.data.copy()
+    assert set(np.unique(final)) <= {0, label}  # still one 3D object
+    assert np.array_equal(final[4], corrected) and np.array_equal(final[2], before[2])
+    labels.undo()  # the whole re-propagation is one step
+    assert np.array_equal(labels.data[4], corrected)
+    np.testing.assert_array_equal(labels.data[[0, 1, 3, 5]], _after_correction_snapshot(after, corrected)[[0, 1, 3, 5]])
+
+
+def _after_correction_snapshot(after: np.ndarray, corrected: np.ndarray) -> np.ndarray:
+    snap = after.copy()
+    snap[4] = corrected
+    return snap
+
+
+def test_propagate_needs_a_stack_and_an_object(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(40, 50, channels=1), name="img")
+    widget = _widget(viewer, checkpoint)
+    _embed(qtbot, widget)
+    assert widget.propagate() is None  # 2D: a message, no worker
+    viewer.add_image(_stack(3), name="stack")
+    widget.image_combo.setCurrentText("stack")
+    _embed(qtbot, widget)
+    assert widget.propagate() is None  # no object on this slice
