@@ -38,8 +38,25 @@ def _install_stand_ins() -> None:
     def box_area(boxes):
         return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
-    def batched_nms(boxes, scores, idxs, iou_threshold):  # only for the official AMG
-        raise NotImplementedError("batched_nms stand-in is not implemented")
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        """torchvision's batched NMS for the official AMG: greedy by decreasing score (ties by
+        index), a box is dropped when its IoU with a kept box of its category exceeds the
+        threshold; returns kept indices by decreasing score."""
+        boxes = boxes.double()
+        order = torch.argsort(scores.double(), descending=True, stable=True)
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        alive = torch.ones(len(boxes), dtype=torch.bool)
+        keep = []
+        for i in order.tolist():
+            if not alive[i]:
+                continue
+            keep.append(i)
+            lt = torch.maximum(boxes[i, :2], boxes[:, :2])
+            rb = torch.minimum(boxes[i, 2:], boxes[:, 2:])
+            inter = (rb - lt).clamp(min=0).prod(dim=1)
+            iou = inter / (areas[i] + areas - inter)
+            alive &= ~((iou > iou_threshold) & (idxs == idxs[i]))
+        return torch.tensor(keep, dtype=torch.int64)
 
     class DropPath(nn.Module):
         def __init__(self, drop_prob=None):

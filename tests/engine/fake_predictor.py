@@ -26,6 +26,7 @@ class FakeModel:
     name: str = "fake"
     checkpoint_id: str = "rule-1"
     encodes: int = 0  # how many images were encoded (tests count store hits with it)
+    mask_threshold: float = 0.0
 
 
 class FakePredictor:
@@ -65,6 +66,16 @@ class FakePredictor:
         self._grey = np.asarray(emb.image_embedding, np.float32).reshape(1024, 1024)
         self._frames = Frames.for_image(*emb.original_size)
 
+    def _require_image(self) -> Frames:
+        assert self._frames is not None
+        return self._frames
+
+    def predict_logits(self, point_coords, point_labels, *, min_score=-np.inf, multimask_output=True,
+                       hq_token_only=False, chunk=4):
+        out = self.predict_batch(point_coords=point_coords, point_labels=point_labels)
+        keep = np.nonzero(out.scores[:, 0] > min_score)[0]
+        return (torch.from_numpy(out.low_res_logits[keep, 0]), torch.from_numpy(out.scores[keep, 0]), keep)
+
     def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                       multimask_output=False, hq_token_only=False) -> BatchPrediction:
         frames = self._frames
@@ -95,7 +106,7 @@ class FakePredictor:
                 keep = np.zeros_like(mask)
                 keep[int(max(0, box[1] - gy)) : int(box[3] + gy) + 1, int(max(0, box[0] - gx)) : int(box[2] + gx) + 1] = True
                 mask &= keep
-            logits = np.where(mask, 8.0, -8.0).astype(np.float32)
+            logits = np.where(mask, 40.0, -40.0).astype(np.float32)  # sharp: stable masks
             lows.append(logits.reshape(256, 4, 256, 4).mean(axis=(1, 3)))
             scores.append(0.9 if mask.any() else 0.0)
         low = np.stack(lows)[:, None]

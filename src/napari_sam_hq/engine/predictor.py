@@ -245,30 +245,15 @@ class SamHQPredictor:
             frames, point_coords, point_labels, boxes, mask_input
         )
         model = self.model
-        dev, dtype = model.device, model.dtype
         out_masks, out_scores, out_low = [], [], []
         with torch.inference_mode():
             for s in range(0, b, DECODE_CHUNK):
                 sl = slice(s, min(b, s + DECODE_CHUNK))
-                points = None
-                if coords is not None:
-                    points = (
-                        torch.as_tensor(frames.coords_to_input(coords[sl]), dtype=torch.float32, device=dev),
-                        torch.as_tensor(labels[sl], dtype=torch.int64, device=dev),
-                    )
-                box_t = None
-                if boxes_in is not None:
-                    box_t = torch.as_tensor(frames.boxes_to_input(boxes_in[sl]), dtype=torch.float32, device=dev)
-                mask_t = None
-                if masks_in is not None:
-                    mask_t = torch.as_tensor(masks_in[sl], device=dev).to(dtype)[:, None]
-                sparse, dense = model.prompt_encoder(points, box_t, mask_t)
-                if mask_t is None:
-                    dense = dense[:1]  # the constant "no mask" embedding serves every prompt
+                sparse, dense, mask_t = self._encode_prompts(frames, coords, labels, boxes_in, masks_in, sl)
                 logits, scores = model.mask_decoder(
                     self._embedding,
                     self._dense_pe,
-                    sparse.to(dtype),
+                    sparse,
                     dense,
                     self._hq,
                     multimask_output=multimask_output,
@@ -284,6 +269,63 @@ class SamHQPredictor:
             scores=np.concatenate(out_scores),
             low_res_logits=np.concatenate(out_low),
         )
+
+    def _encode_prompts(self, frames, coords, labels, boxes, masks, sl):
+        """Prompt embeddings for prompts ``sl`` of validated arrays (original frame)."""
+        model = self.model
+        dev, dtype = model.device, model.dtype
+        points = None
+        if coords is not None:
+            points = (
+                torch.as_tensor(frames.coords_to_input(coords[sl]), dtype=torch.float32, device=dev),
+                torch.as_tensor(labels[sl], dtype=torch.int64, device=dev),
+            )
+        box_t = None
+        if boxes is not None:
+            box_t = torch.as_tensor(frames.boxes_to_input(boxes[sl]), dtype=torch.float32, device=dev)
+        mask_t = None
+        if masks is not None:
+            mask_t = torch.as_tensor(masks[sl], device=dev).to(dtype)[:, None]
+        sparse, dense = model.prompt_encoder(points, box_t, mask_t)
+        if mask_t is None:
+            dense = dense[:1]  # the constant "no mask" embedding serves every prompt
+        return sparse.to(dtype), dense, mask_t
+
+    def predict_logits(
+        self,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        *,
+        min_score: float = -np.inf,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        chunk: int = DECODE_CHUNK,
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Low-res logits of many point prompts, keeping only those scored above ``min_score``.
+
+        ``point_coords`` B x N x 2 (x, y) original pixels, ``point_labels`` B x N. Returns
+        the best candidate's logits ``K x 256 x 256`` (float32 torch, on the model's device),
+        its score ``K`` and the kept prompt indices ``K``. With ``multimask_output`` the best
+        of the three SAM masks (+ HQ) is taken, which is the official single output. Prompts
+        scored at most ``min_score`` skip the mask heads altogether (most of their cost).
+        """
+        frames = self._require_image()
+        coords, labels, _, _, b = _check_prompts(frames, point_coords, point_labels, None, None)
+        model = self.model
+        logits_out, scores_out, kept = [], [], []
+        with torch.inference_mode():
+            for s in range(0, b, chunk):
+                sl = slice(s, min(b, s + chunk))
+                sparse, dense, _ = self._encode_prompts(frames, coords, labels, None, None, sl)
+                logits, scores, keep = model.mask_decoder.forward_filtered(
+                    self._embedding, self._dense_pe, sparse, dense, self._hq,
+                    multimask_output=multimask_output, hq_token_only=hq_token_only,
+                    min_score=min_score, image_tokens=self._image_tokens,
+                )
+                logits_out.append(logits[:, 0].float())
+                scores_out.append(scores[:, 0].float())
+                kept.append(keep.cpu().numpy() + s)
+        return torch.cat(logits_out), torch.cat(scores_out), np.concatenate(kept)
 
     def _require_image(self) -> Frames:
         if self._frames is None:

@@ -102,26 +102,35 @@ class SegmentationSession:
         key = self.check_key(key)
         return np.asarray(self.data[key] if key else self.data)
 
-    def _limits(self, plane: np.ndarray) -> tuple[float, float] | None:
-        """Contrast limits shared by all tiles of a plane (``None``: the engine's rule per image)."""
+    def is_whole(self, tile: Tile) -> bool:
+        """Whether ``tile`` is the whole plane (its frame is the plane's)."""
+        return tile.coarse or tile.box == (0, 0, *self.plane_shape)
+
+    def _limits(self, plane: np.ndarray, whole: bool) -> tuple[float, float] | None:
+        """Contrast limits of a tile: shared by all parts of a plane, so tiles and crops see
+        the same intensity mapping. ``None`` (the engine's per-image rule) for uint8 and for
+        the whole plane, which is then exactly ``set_image(plane)``."""
         if self.contrast_limits is not None:
             return tuple(float(v) for v in self.contrast_limits)
-        if plane.dtype == np.uint8 or not self.grid.tiled:
-            return None  # uint8 as is; an untiled plane gets the min-max rule of to_model_rgb
+        if plane.dtype == np.uint8 or whole:
+            return None
         finite = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
         if finite.size == 0:
             return (0.0, 0.0)
         return (float(finite.min()), float(finite.max()))
 
-    def _tile_pixels(self, plane: np.ndarray, tile: Tile) -> np.ndarray:
-        return plane if tile.coarse or not self.grid.tiled else plane[tile.slices]
-
     def _entries(self, key: SliceKey, tiles: Iterable[Tile], plane: np.ndarray | None = None):
         """``(tile, store key, pixels, contrast limits)`` for tiles of one plane."""
         plane = self.plane(key) if plane is None else plane
-        limits = self._limits(plane)
+        part_limits = None
         for tile in tiles:
-            pixels = self._tile_pixels(plane, tile)
+            whole = self.is_whole(tile)
+            if whole:
+                pixels, limits = plane, self._limits(plane, True)
+            else:
+                if part_limits is None:
+                    part_limits = (self._limits(plane, False),)
+                pixels, limits = plane[tile.slices], part_limits[0]
             yield tile, content_key(pixels, limits), pixels, limits
 
     def entry_keys(self, key: SliceKey, *, coarse: bool = False) -> list[tuple[Tile, str]]:
@@ -237,7 +246,7 @@ class SegmentationSession:
                 for i, result in zip(members, out):
                     tried[i] += (tile,)
                     results[i] = result
-                    if self.grid.tiled and not tile.coarse and tile.touches_inner_edge(
+                    if not self.is_whole(tile) and tile.touches_inner_edge(
                         result.mask[tile.slices], self.plane_shape
                     ):
                         # cut by the tile border: ask the tile that holds the whole mask
@@ -251,7 +260,8 @@ class SegmentationSession:
 
     def _decode(self, key, plane, tile, objs, has_box, n_points, use_mask, multimask, hq_only) -> list[ObjectMask]:
         predictor = self._predictor(key, tile, plane)
-        origin = tile.origin_xy if self.grid.tiled and not tile.coarse else np.zeros(2)
+        whole = self.is_whole(tile)
+        origin = np.zeros(2) if whole else tile.origin_xy
         kwargs: dict[str, Any] = {}
         if n_points is not None:
             kwargs["point_coords"] = np.stack([np.asarray(o["point_coords"], float) - origin for o in objs])
@@ -260,13 +270,13 @@ class SegmentationSession:
             kwargs["boxes"] = np.stack([np.asarray(o["box"], float).ravel() - np.tile(origin, 2) for o in objs])
         if use_mask:
             kwargs["mask_input"] = np.stack([np.asarray(o["mask_input"], np.float32) for o in objs])
-        if self.grid.tiled and not tile.coarse:
+        if not whole:
             h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
             kwargs = _clip_to_tile(kwargs, h, w)
         batch = predictor.predict_batch(**kwargs, multimask_output=multimask, hq_token_only=hq_only)
         out = []
         for j in range(len(objs)):
-            if self.grid.tiled and not tile.coarse:
+            if not whole:
                 mask = np.zeros(self.plane_shape, bool)
                 mask[tile.slices] = batch.masks[j, 0]
             else:

@@ -131,6 +131,15 @@ class MaskDecoderHQ(nn.Module):
         ``B`` prompts; ``dense_prompt_embeddings`` has batch 1 or ``B``. ``image_tokens``,
         from ``prepare_image`` with the same embedding and dense prompt, skips that work.
         """
+        hs, src, iou = self._run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_tokens
+        )
+        sam_logits, hq_logits = self._logits(hs, src, hq_features, image_embeddings.shape[-2:], fused=fused)
+        return sam_logits, hq_logits, iou
+
+    def _run_transformer(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                         image_tokens):
+        """Output tokens ``B x T x C``, image tokens ``1 or B x hw x C`` and IoU ``B x 4``."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat(
             [self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight], dim=0
@@ -141,10 +150,15 @@ class MaskDecoderHQ(nn.Module):
         # Batch 1 when there is no mask prompt: the transformer shares it across prompts.
         if image_tokens is None:
             image_tokens = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
-        c, h, w = image_embeddings.shape[1:]
         hs, src = self.transformer.forward_prepared(image_tokens, tokens)
+        return hs, src, self.iou_prediction_head(hs[:, 0])
+
+    def _logits(self, hs, src, hq_features, hw, *, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM logits ``B x 4 x 256 x 256`` and HQ logits ``B x 1 x 256 x 256`` from the
+        transformer's output tokens ``hs`` and image tokens ``src``."""
+        b = hs.shape[0]
+        h, w = hw
         src = src.expand(b, -1, -1)
-        iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
 
         # B hw C -> B C h w as a channels-last view (no copy): the convolutions and
@@ -165,7 +179,7 @@ class MaskDecoderHQ(nn.Module):
         else:
             hq_embedding = self.embedding_maskfeature(upscaled) + hq_features
             hq_logits = (hyper_hq[:, None] @ hq_embedding.flatten(2)).view(b, 1, uh, uw)
-        return sam_logits, hq_logits, self.iou_prediction_head(iou_token_out)
+        return sam_logits, hq_logits
 
     def _hq_logits_fused(
         self, upscaled: torch.Tensor, hyper_hq: torch.Tensor, hq_features: torch.Tensor
@@ -218,12 +232,52 @@ class MaskDecoderHQ(nn.Module):
             fused=fused,
             image_tokens=image_tokens,
         )
-        if multimask_output:
-            scores, order = iou[:, 1:].sort(dim=1, descending=True, stable=True)
-            if hq_token_only:
-                return hq, scores[:, :1]
-            index = order[:, :, None, None].expand(-1, -1, *sam.shape[-2:])
-            return sam[:, 1:].gather(1, index) + hq, scores
+        return _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
+
+    def forward_filtered(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        hq_features: torch.Tensor,
+        *,
+        multimask_output: bool,
+        hq_token_only: bool,
+        min_score: float,
+        image_tokens: ImageTokens | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` for the prompts whose best score exceeds ``min_score`` only.
+
+        The scores come from the transformer alone, so the mask heads (upscaling, HQ
+        features at 256 x 256: most of a prompt's cost) run only for the prompts kept.
+        Returns their logits ``K x M x 256 x 256``, scores ``K x M`` and indices ``K``; the
+        same values ``forward`` gives those prompts.
+        """
+        hs, src, iou = self._run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_tokens
+        )
+        best = iou[:, 1:].max(dim=1).values if multimask_output else iou[:, 0]
+        keep = torch.nonzero(best > min_score).flatten()
+        if keep.numel() == 0:
+            m = 3 if multimask_output and not hq_token_only else 1
+            size = 4 * image_embeddings.shape[-2]  # low-res logits: 4x the embedding grid
+            return iou.new_zeros(0, m, size, size), iou.new_zeros(0, m), keep
+        hs, iou = hs[keep], iou[keep]
+        src = src if src.shape[0] == 1 else src[keep]
+        sam, hq = self._logits(hs, src, hq_features, image_embeddings.shape[-2:], fused=True)
+        logits, scores = _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
+        return logits, scores, keep
+
+
+def _select(sam: torch.Tensor, hq: torch.Tensor, iou: torch.Tensor, *, multimask_output: bool, hq_token_only: bool):
+    """Final logits and scores from all heads (module docstring)."""
+    if multimask_output:
+        scores, order = iou[:, 1:].sort(dim=1, descending=True, stable=True)
         if hq_token_only:
-            return hq, iou[:, :1]
-        return sam[:, :1] + hq, iou[:, :1]
+            return hq, scores[:, :1]
+        index = order[:, :, None, None].expand(-1, -1, *sam.shape[-2:])
+        return sam[:, 1:].gather(1, index) + hq, scores
+    if hq_token_only:
+        return hq, iou[:, :1]
+    return sam[:, :1] + hq, iou[:, :1]
