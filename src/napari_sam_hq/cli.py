@@ -1,0 +1,316 @@
+"""``napari-sam-hq``: SAM-HQ without clicking. On top of ``engine``; no Qt, no napari.
+
+    napari-sam-hq models
+    napari-sam-hq embed IMAGE --model M [--tile N --overlap K] [--store PATH]
+    napari-sam-hq segment IMAGE --model M [--points P.csv] [--boxes B.csv] --out labels.tif
+    napari-sam-hq auto IMAGE --model M --out labels.tif [--points-per-side N ...]
+    napari-sam-hq measure LABELS [--image IMAGE] --out table.csv
+    napari-sam-hq batch "GLOB" --model M (--prompts-dir DIR | --auto) --out-dir DIR
+
+Exit codes: 0 done; 2 bad arguments; 3 an input file is missing or unreadable; 4 prompts
+or labels that do not fit the image; 1 anything else. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MISMATCH = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Progress:
+    """A one-line progress bar on stderr (only on a terminal, unless forced)."""
+
+    def __init__(self, label: str, *, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = -1.0
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if not self.enabled or (fraction - self._last < 0.01 and fraction < 1.0):
+            return
+        self._last = fraction
+        bar = "#" * int(30 * fraction)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * fraction:5.1f}% {message[:40]:<40}")
+        if fraction >= 1.0:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="vit_tiny, vit_b, vit_l, vit_h, or a .pth / .safetensors / HF folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel-axis", type=int, help="axis that holds channels (with --channel)")
+    p.add_argument("--channel", type=int, help="the channel to segment (with --channel-axis)")
+    p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
+    p.add_argument("--tile", type=int, default=1024, help="tile size for large planes (px)")
+    p.add_argument("--overlap", type=int, default=256, help="tile overlap (px)")
+
+
+def _add_auto_options(p: argparse.ArgumentParser) -> None:
+    from .engine.automatic import AutoSettings
+
+    d = AutoSettings()
+    g = p.add_argument_group("automatic segmentation")
+    g.add_argument("--points-per-side", type=int, default=d.points_per_side)
+    g.add_argument("--points-per-batch", type=int, default=d.points_per_batch)
+    g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh)
+    g.add_argument("--stability-thresh", type=float, default=d.stability_score_thresh)
+    g.add_argument("--nms-thresh", type=float, default=d.box_nms_thresh)
+    g.add_argument("--crop-layers", type=int, default=d.crop_n_layers)
+    g.add_argument("--min-area", type=int, default=d.min_mask_region_area)
+    g.add_argument("--max-fraction", type=float, default=d.max_mask_fraction,
+                   help="drop masks covering more of the plane than this (background)")
+
+
+def _auto_settings(args):
+    from .engine.automatic import AutoSettings
+
+    try:
+        return AutoSettings(
+            points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
+            box_nms_thresh=args.nms_thresh, crop_n_layers=args.crop_layers,
+            min_mask_region_area=args.min_area, max_mask_fraction=args.max_fraction,
+        )
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-sam-hq", description="SAM-HQ segmentation from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="the model registry and which checkpoints are cached")
+
+    p = sub.add_parser("embed", help="precompute embeddings into the store (resumable)")
+    p.add_argument("image")
+    _add_model(p)
+    _add_image_options(p)
+
+    p = sub.add_parser("segment", help="labels from prompts saved by napari (CSV)")
+    p.add_argument("image")
+    _add_model(p)
+    _add_image_options(p)
+    p.add_argument("--points", help="napari points CSV (label column: positive/negative)")
+    p.add_argument("--boxes", help="napari shapes CSV (rectangles)")
+    p.add_argument("--out", required=True, help="labels TIFF to write")
+
+    p = sub.add_parser("auto", help="segment everything: labels without prompts")
+    p.add_argument("image")
+    _add_model(p)
+    _add_image_options(p)
+    _add_auto_options(p)
+    p.add_argument("--out", required=True, help="labels TIFF to write")
+
+    p = sub.add_parser("measure", help="per-object measurements (regionprops) as CSV")
+    p.add_argument("labels")
+    p.add_argument("--image", help="intensity image (same shape as the labels)")
+    p.add_argument("--channel-axis", type=int)
+    p.add_argument("--channel", type=int)
+    p.add_argument("--spacing", type=float, nargs="+", help="pixel size per axis (data order)")
+    p.add_argument("--out", required=True, help="CSV to write")
+
+    p = sub.add_parser("batch", help="many files: labels + measurements per file, a summary")
+    p.add_argument("pattern", help='files, as a quoted glob: "data/*.tif"')
+    _add_model(p)
+    _add_image_options(p)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--prompts-dir", help="folder with <name>.points.csv / <name>.boxes.csv per image")
+    how.add_argument("--auto", action="store_true", help="segment everything")
+    _add_auto_options(p)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (a LocalCluster), a dask scheduler address (tcp://host:8786), or 'serial'")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    return parser
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_models(args) -> int:
+    from .model.download import cache_dir, cached_path, is_cached
+    from .model.registry import CHECKPOINTS
+
+    print(f"cache folder: {cache_dir()}")
+    print(f"{'name':9} {'file':22} {'size':>9}  cached")
+    for name, info in CHECKPOINTS.items():
+        size = f"{info.size / 2**20:.0f} MB" if info.size else "unknown"
+        where = str(cached_path(info)) if is_cached(info) else "no"
+        print(f"{name:9} {info.file_name:22} {size:>9}  {where}")
+    return EXIT_OK
+
+
+def _load(args):
+    from .engine.io import InputError, read_image
+    from .model import load_model
+    from .model.checkpoints import CheckpointError
+
+    try:
+        image = read_image(args.image, channel_axis=args.channel_axis, channel=args.channel)
+    except InputError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    try:
+        model = load_model(args.model, device=args.device)
+    except CheckpointError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CliError(str(err).splitlines()[0], EXIT_ERROR) from err
+    return image, model
+
+
+def _session(args, image, model):
+    from .engine import SegmentationSession
+    from .engine.batch import open_store
+
+    try:
+        store = open_store(args.store)
+        return SegmentationSession(model, image.data, rgb=image.rgb, store=store,
+                                   tile_size=args.tile, overlap=args.overlap)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+
+
+def cmd_embed(args) -> int:
+    image, model = _load(args)
+    session = _session(args, image, model)
+    bar = Progress("embed")
+    t0 = time.perf_counter()
+    gen = session.iter_embed()
+    try:
+        while True:
+            fraction, key = next(gen)
+            bar(fraction, f"slice {key}" if key else "")
+    except StopIteration as stop:
+        encoded = stop.value
+    n = len(session.keys) * len(session.grid_tiles())
+    print(f"{n} tile(s) of {len(session.keys)} slice(s): {encoded} encoded, {n - encoded} already stored "
+          f"({time.perf_counter() - t0:.1f} s); store {session.store.root or 'RAM'}")
+    return EXIT_OK
+
+
+def cmd_segment(args) -> int:
+    from .engine.batch import labels_from_prompts
+    from .engine.io import InputError, prompts_by_slice, read_boxes_csv, read_points_csv, write_labels
+
+    if not args.points and not args.boxes:
+        raise CliError("give --points and/or --boxes (CSV files saved from napari layers)", EXIT_USAGE)
+    image, model = _load(args)
+    ndim = len(image.lead_shape) + 2
+    try:
+        points = read_points_csv(args.points, ndim) if args.points else None
+        boxes = read_boxes_csv(args.boxes, ndim) if args.boxes else None
+    except InputError as err:
+        code = EXIT_INPUT if "cannot read" in str(err) or "empty" in str(err) else EXIT_MISMATCH
+        if not Path(args.points or args.boxes).is_file():
+            code = EXIT_INPUT
+        raise CliError(str(err), code) from err
+    except OSError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    try:
+        objects = prompts_by_slice(image, points, boxes, source=args.points or args.boxes)
+    except InputError as err:
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    if not objects:
+        raise CliError("the prompts hold no object (no box and no positive point)", EXIT_MISMATCH)
+    labels = labels_from_prompts(_session(args, image, model), objects)
+    write_labels(args.out, labels)
+    print(f"{int(labels.max())} object(s) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_auto(args) -> int:
+    from .engine.automatic import iter_segment_everything
+    from .engine.io import write_labels
+
+    settings = _auto_settings(args)
+    image, model = _load(args)
+    session = _session(args, image, model)
+    bar = Progress("auto")
+    gen = iter_segment_everything(session, None, settings)
+    try:
+        while True:
+            bar(*next(gen))
+    except StopIteration as stop:
+        labels = stop.value
+    write_labels(args.out, labels)
+    print(f"{int(labels.max())} object(s) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_measure(args) -> int:
+    from .engine.io import InputError, read_image, write_table
+    from .engine.measure import measure
+
+    try:
+        labels = read_image(args.labels, rgb=False).data
+        image = None
+        if args.image:
+            image = read_image(args.image, channel_axis=args.channel_axis, channel=args.channel, rgb=False).data
+    except InputError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    try:
+        table = measure(labels, image, spacing=args.spacing)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    write_table(args.out, table)
+    print(f"{len(table)} object(s) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_batch(args) -> int:
+    from .engine.batch import FileJob, run_batch
+
+    files = sorted(glob.glob(args.pattern))
+    if not files:
+        raise CliError(f"no file matches {args.pattern!r}", EXIT_INPUT)
+    if args.prompts_dir and not Path(args.prompts_dir).is_dir():
+        raise CliError(f"prompts folder {args.prompts_dir} does not exist", EXIT_INPUT)
+    auto = _auto_settings(args) if args.auto else None
+    job = FileJob(model=args.model, out_dir=args.out_dir, device=args.device, prompts_dir=args.prompts_dir,
+                  auto=auto, store=args.store, tile_size=args.tile, overlap=args.overlap,
+                  channel_axis=args.channel_axis, channel=args.channel)
+
+    def report(row: dict) -> None:
+        extra = f" ({row['error']})" if row["error"] else f" {row['objects']} object(s)"
+        print(f"{row['status']:7} {row['file']}{extra}", flush=True)
+
+    table = run_batch(files, job, scheduler=args.scheduler, workers=args.workers, progress=report)
+    counts = table["status"].value_counts().to_dict()
+    print(f"summary: {counts} -> {Path(args.out_dir) / 'summary.csv'}")
+    return EXIT_ERROR if counts.get("error") and not counts.get("done") and not counts.get("skipped") else EXIT_OK
+
+
+COMMANDS = {"models": cmd_models, "embed": cmd_embed, "segment": cmd_segment, "auto": cmd_auto,
+            "measure": cmd_measure, "batch": cmd_batch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as err:
+        print(f"napari-sam-hq: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("napari-sam-hq: interrupted (finished outputs are kept; run again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The command line end to end: real files in, real files out (small random-weight checkpoint)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from napari.layers import Points, Shapes
+from napari_builtins.io import napari_write_points, napari_write_shapes
+
+from napari_sam_hq.cli import main
+from napari_sam_hq.engine.io import atomic_write, read_boxes_csv, read_points_csv
+
+from .conftest import blob_image
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, request) -> str:
+    pair = request.getfixturevalue("small_pair")
+    path = tmp_path_factory.mktemp("ckpt") / "sam_hq_small.pth"
+    torch.save(pair.state_dict, path)
+    return str(path)
+
+
+def _save_points(path: Path, coords, labels) -> Path:
+    """A Points layer saved by napari's own CSV writer."""
+    feats = pd.DataFrame({"label": pd.Categorical(labels, categories=["positive", "negative"])})
+    data, meta, _ = Points(np.asarray(coords, float), features=feats).as_layer_data_tuple()
+    return Path(napari_write_points(str(path), data, meta))
+
+
+def _save_boxes(path: Path, boxes) -> Path:
+    """Rectangles (min corner, max corner in data order) saved by napari's CSV writer."""
+    shapes = []
+    for lo, hi in boxes:
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        lead = lo[:-2]
+        corners = [(lo[-2], lo[-1]), (lo[-2], hi[-1]), (hi[-2], hi[-1]), (hi[-2], lo[-1])]
+        shapes.append(np.array([[*lead, y, x] for y, x in corners]))
+    data, meta, _ = Shapes(shapes, shape_type="rectangle").as_layer_data_tuple()
+    return Path(napari_write_shapes(str(path), data, meta))
+
+
+def test_napari_csv_round_trip(tmp_path):
+    pts = _save_points(tmp_path / "p.csv", [[2, 10.5, 20], [1, 30, 40]], ["positive", "negative"])
+    coords, labels, objects = read_points_csv(pts, 3)
+    np.testing.assert_array_equal(coords, [[2, 10.5, 20], [1, 30, 40]])
+    assert labels.tolist() == [1, 0] and objects is None
+    box = _save_boxes(tmp_path / "b.csv", [([3, 5, 6], [3, 25, 40])])
+    np.testing.assert_array_equal(read_boxes_csv(box, 3), [[[3, 5, 6], [3, 25, 40]]])
+    with pytest.raises(ValueError, match=r"do not match the image's 2 axes"):
+        read_points_csv(pts, 2)
+
+
+def test_models_lists_the_registry_and_the_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_SAM_HQ_CACHE", str(tmp_path))
+    (tmp_path / "sam_hq_vit_tiny.pth").write_bytes(b"x")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vit_b", "vit_l", "vit_h", "vit_tiny"):
+        assert name in out
+    assert str(tmp_path / "sam_hq_vit_tiny.pth") in out and out.count(" no") == 3
+
+
+def test_embed_is_resumable_and_fills_the_store(ckpt, tmp_path, capsys):
+    stack = np.stack([blob_image(64, 80, seed=s, channels=1) for s in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    store = tmp_path / "emb.zarr"
+    args = ["embed", str(tmp_path / "stack.tif"), "--model", ckpt, "--device", "cpu", "--store", str(store)]
+    assert main(args) == 0
+    assert "3 encoded" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "0 encoded, 3 already stored" in capsys.readouterr().out
+
+
+def test_segment_from_napari_csvs_writes_one_id_per_object(ckpt, tmp_path):
+    stack = np.stack([blob_image(80, 100, seed=s, channels=1) for s in range(3)])
+    tifffile.imwrite(tmp_path / "img.tif", stack)
+    pts = _save_points(tmp_path / "p.csv", [[0, 40, 50], [0, 10, 10], [2, 40, 50]], ["positive", "negative", "positive"])
+    boxes = _save_boxes(tmp_path / "b.csv", [([1, 5, 5], [1, 40, 60]), ([1, 45, 30], [1, 75, 95])])
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(tmp_path / "img.tif"), "--model", ckpt, "--device", "cpu",
+                 "--points", str(pts), "--boxes", str(boxes), "--out", str(out), "--store", "none"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 80, 100) and labels.dtype == np.uint16
+    # slice 1: two boxes, two ids; slices 0 and 2: one object of points only, one shared id
+    assert len(set(np.unique(labels[1])) - {0}) == 2
+    assert set(np.unique(labels[0])) - {0} == set(np.unique(labels[2])) - {0} and labels[0].any()
+    assert not (set(np.unique(labels[0])) & set(np.unique(labels[1])) - {0})
+
+
+def test_measure_table_values(tmp_path):
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:6, 3:8] = 1  # 4 x 5
+    labels[10:20, 20:30] = 7
+    image = np.arange(600, dtype=np.float32).reshape(20, 30)
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    tifffile.imwrite(tmp_path / "i.tif", image)
+    assert main(["measure", str(tmp_path / "l.tif"), "--image", str(tmp_path / "i.tif"),
+                 "--out", str(tmp_path / "t.csv")]) == 0
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert t["label"].tolist() == [1, 7] and t["area"].tolist() == [20, 100]
+    assert t.loc[0, "centroid-0"] == pytest.approx(3.5) and t.loc[0, "centroid-1"] == pytest.approx(5)
+    assert t.loc[0, "bbox-0"] == 2 and t.loc[0, "bbox-3"] == 8
+    assert t.loc[0, "intensity_mean"] == pytest.approx(image[2:6, 3:8].mean())
+    assert t.loc[1, "equivalent_diameter"] == pytest.approx(2 * np.sqrt(100 / np.pi))
+    vol = np.zeros((4, 10, 10), np.uint8)
+    vol[1:3, 2:5, 2:5] = 3
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    assert main(["measure", str(tmp_path / "v.tif"), "--out", str(tmp_path / "v.csv")]) == 0
+    assert pd.read_csv(tmp_path / "v.csv")["volume"].tolist() == [18]
+
+
+def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path, capsys):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, blob_image(40, 50, channels=1))
+    assert main(["segment", str(tmp_path / "nope.tif"), "--model", ckpt, "--points", "x.csv", "--out", "o.tif"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.tif: no such file" in err
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+    assert main(["embed", str(tmp_path / "junk.tif"), "--model", ckpt]) == 3
+    assert "cannot read it as an image" in capsys.readouterr().err
+    far = _save_points(tmp_path / "far.csv", [[200, 300]], ["positive"])
+    out = tmp_path / "o.tif"
+    assert main(["segment", str(img), "--model", ckpt, "--device", "cpu", "--points", str(far), "--out", str(out)]) == 4
+    assert "outside the 40 x 50 image" in capsys.readouterr().err and not out.exists()
+    tifffile.imwrite(tmp_path / "l.tif", np.zeros((10, 10), np.uint8))
+    assert main(["measure", str(tmp_path / "l.tif"), "--image", str(img), "--out", str(tmp_path / "t.csv")]) == 4
+    assert "has shape (40, 50), the labels (10, 10)" in capsys.readouterr().err
+    assert main(["auto", str(img), "--model", ckpt, "--points-per-side", "0", "--out", str(out)]) == 2
+    assert "points_per_side must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(img)])  # no --model, no --out
+    assert exc.value.code == 2
+    assert main(["embed", str(img), "--model", str(tmp_path / "missing.pth")]) == 3
+
+
+def test_outputs_are_atomic(tmp_path):
+    target = tmp_path / "out.tif"
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_writes_labels(ckpt, tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", blob_image(64, 72, seed=4, channels=1))
+    out = tmp_path / "auto.tif"
+    assert main(["auto", str(tmp_path / "img.tif"), "--model", ckpt, "--device", "cpu", "--points-per-side", "4",
+                 "--pred-iou-thresh", "0", "--stability-thresh", "0", "--max-fraction", "1", "--out", str(out)]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (64, 72) and labels.max() >= 1
+
+
+def _batch_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    data, prompts = tmp_path / "data", tmp_path / "prompts"
+    data.mkdir()
+    prompts.mkdir()
+    for i in range(3):
+        tifffile.imwrite(data / f"img{i}.tif", blob_image(60, 70, seed=i, channels=1))
+        _save_boxes(prompts / f"img{i}.boxes.csv", [([5, 5], [40, 50]), ([30, 20], [58, 68])])
+    (data / "img3.tif").write_bytes(b"broken")  # one bad file
+    _save_boxes(prompts / "img3.boxes.csv", [([5, 5], [40, 50])])
+    return data, prompts
+
+
+def test_batch_serial_resumes_and_reports_bad_files(ckpt, tmp_path, capsys):
+    data, prompts = _batch_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["batch", str(data / "*.tif"), "--model", ckpt, "--device", "cpu", "--prompts-dir", str(prompts),
+            "--out-dir", str(out), "--scheduler", "serial", "--store", "none"]
+    assert main(args) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["status"].tolist() == ["done", "done", "done", "error"]
+    assert "cannot read it as an image" in summary["error"].iloc[3]
+    for i in range(3):
+        labels = tifffile.imread(out / f"img{i}_labels.tif")
+        assert set(np.unique(labels)) <= {0, 1, 2} and labels.any()
+        assert len(pd.read_csv(out / f"img{i}_measurements.csv")) == len(np.unique(labels)) - 1
+    assert main(args) == 0
+    assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["skipped"] * 3 + ["error"]
+
+
+@pytest.mark.slow
+def test_batch_on_a_dask_local_cluster_equals_serial(ckpt, tmp_path):
+    data, prompts = _batch_inputs(tmp_path)
+    common = ["--model", ckpt, "--device", "cpu", "--prompts-dir", str(prompts), "--store", "none"]
+    assert main(["batch", str(data / "*.tif"), *common, "--out-dir", str(tmp_path / "serial"), "--scheduler", "serial"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sam_hq.cli", "batch", str(data / "*.tif"), *common,
+         "--out-dir", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "dask" / "summary.csv")
+    assert summary["status"].tolist() == ["done", "done", "done", "error"]
+    for i in range(3):
+        a = tifffile.imread(tmp_path / "serial" / f"img{i}_labels.tif")
+        b = tifffile.imread(tmp_path / "dask" / f"img{i}_labels.tif")
+        np.testing.assert_array_equal(a, b)
