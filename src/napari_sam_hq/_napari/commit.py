@@ -78,3 +78,24 @@ def apply_planes(target: napari.layers.Labels, prefix: SliceKey, planes: dict[in
                 target.data_setitem(tuple(np.full(idx[0].size, k) for k in key) + idx, plane[idx])
                 changed += idx[0].size
     return changed
+
+
+def add_labels(target: napari.layers.Labels, key: SliceKey, labels: np.ndarray, *, overwrite: bool) -> int:
+    """Add the objects of ``labels`` (the shape of ``target.data[key]``) as new ids after the
+    layer's largest, as one undo step; returns how many objects were written. Without
+    ``overwrite`` they only fill pixels that are still 0."""
+    labels = np.asarray(labels)
+    offset = int(target.data.max())
+    region = np.asarray(target.data[key] if key else target.data)
+    if region.shape != labels.shape:
+        raise ValueError(f"labels of shape {labels.shape} do not fit the layer's {region.shape}")
+    todo = labels > 0
+    if not overwrite:
+        todo &= region == 0
+    idx = np.nonzero(todo)
+    if not idx[0].size:
+        return 0
+    values = labels[idx].astype(np.int64) + offset
+    with target.block_history():
+        target.data_setitem(tuple(np.full(idx[0].size, k) for k in key) + idx, values)
+    return int(len(np.unique(values)))

@@ -1,0 +1,79 @@
+"""Segment everything and measurements in the widget (small random model under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_sam_hq._napari import constants as C
+
+from ..conftest import blob_image
+from .test_widget import TIMEOUT, _embed, _wait_preview, _widget, checkpoint  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+def _permissive(widget) -> None:
+    """Random weights: scores and stability mean nothing, let every mask through."""
+    widget.points_side_spin.setValue(4)
+    widget.auto_iou_spin.setValue(0.0)
+    widget.auto_stability_spin.setValue(0.0)
+    widget.max_fraction_spin.setValue(1.0)
+
+
+def test_segment_everything_adds_labels_keeps_mine_and_undoes(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(80, 96, seed=2, channels=1), name="img")
+    mine = np.zeros((80, 96), np.uint32)
+    mine[:10, :10] = 5
+    viewer.add_labels(mine.copy(), name="mine")
+    widget = _widget(viewer, checkpoint)
+    widget.labels_combo.setCurrentText("mine")
+    _embed(qtbot, widget)
+    _permissive(widget)
+    widget.auto_settings()  # valid
+    assert widget.segment_everything() is not None
+    qtbot.waitUntil(lambda: widget._auto_worker is None, timeout=TIMEOUT)
+    data = viewer.layers["mine"].data
+    assert (data[:10, :10] == 5).all()  # never overwritten
+    assert data.max() > 5  # new ids after the largest
+    viewer.layers["mine"].undo()
+    np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
+
+
+def test_segment_everything_on_a_stack_links_slices(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blob_image(64, 64, seed=1, channels=1)] * 3), name="stack")
+    widget = _widget(viewer, checkpoint)
+    _embed(qtbot, widget)
+    _permissive(widget)
+    widget.auto_stack_check.setChecked(True)
+    widget.segment_everything()
+    qtbot.waitUntil(lambda: widget._auto_worker is None, timeout=TIMEOUT)
+    labels = viewer.layers[C.LABELS_LAYER].data
+    assert labels.shape == (3, 64, 64) and labels.any()
+    # identical slices: the same objects with the same ids on every slice
+    np.testing.assert_array_equal(labels[0], labels[1])
+    np.testing.assert_array_equal(labels[1], labels[2])
+
+
+def test_measure_fills_table_features_and_exports(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(60, 70, seed=3, channels=1), name="img")
+    widget = _widget(viewer, checkpoint)
+    assert widget.measure() is None  # no labels yet: a message
+    _embed(qtbot, widget)
+    boxes = viewer.layers[C.BOXES_LAYER]
+    boxes.add_rectangles(np.array([[5, 5], [5, 30], [30, 30], [30, 5]]))
+    boxes.add_rectangles(np.array([[35, 35], [35, 65], [55, 65], [55, 35]]))
+    _wait_preview(qtbot, widget, 2)
+    ids = widget.commit()
+    table = widget.measure()
+    labels = viewer.layers[C.LABELS_LAYER]
+    assert table["label"].tolist() == sorted(ids)
+    assert table["area"].tolist() == [int((labels.data == i).sum()) for i in sorted(ids)]
+    assert "intensity_mean" in table and widget.table.rowCount() == len(ids)
+    assert labels.features["label"].tolist() == sorted(ids)
+    widget.export_measurements(str(tmp_path / "m.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv"), table, check_dtype=False)
