@@ -23,27 +23,22 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ..engine.automatic import AutoSettings
-from ..engine.propagation import PropagationSettings
 from . import constants as C
-from .commit import add_labels, apply_planes, write_into, write_objects
+from .commit import write_into, write_objects
 from .layers import SliceKey, all_keys, collect_prompts, current_key, leading_ndim, spatial_shape
+from .tools import MeasureTool, PropagationTool, SegmentEverythingTool
 
 if TYPE_CHECKING:
     import napari
@@ -52,8 +47,12 @@ if TYPE_CHECKING:
     from ..model import SamHQ
 
 
-class SamHQWidget(QWidget):
-    """Dock widget; its controls are attributes so scripts and tests can drive it."""
+class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
+    """Dock widget; its controls are attributes so scripts and tests can drive it.
+
+    The prompt workflow (embeddings, preview, commit) lives here; propagation, segment
+    everything and measurement are in ``tools`` (one class each, mixed in).
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,9 +71,6 @@ class SamHQWidget(QWidget):
         self._embed_worker = None
         self._decode_worker = None
         self._decode_dirty = False
-        self._propagate_worker = None
-        self._auto_worker = None
-        self.measurements = None  # the last measurement table (pandas), also in the layer's features
         self._preview_objects: dict[SliceKey, list[tuple[np.ndarray, float, bool]]] = {}
         # labels layer uid -> {label id: slices the user committed} (the propagation seeds)
         self._committed: dict[Any, dict[int, set[SliceKey]]] = {}
@@ -85,6 +81,9 @@ class SamHQWidget(QWidget):
             self._on_image_changed()
 
     # ------------------------------------------------------------------ UI
+
+    def _build_tools(self) -> list:
+        return [self._build_propagation(), self._build_segment_everything(), *self._build_measure()]
 
     def _build_ui(self) -> None:
         self.model_combo = QComboBox()
@@ -133,60 +132,6 @@ class SamHQWidget(QWidget):
         self.overlap_spin.setSingleStep(32)
         self.overlap_spin.setValue(C.TILE_OVERLAP)
         self.overlap_spin.setToolTip("Objects up to this size always fit in one tile (at most half the tile)")
-        # propagation through the stack
-        self.propagate_button = QPushButton("Propagate")
-        self.propagate_button.setToolTip(
-            "Segment the objects of this slice on the neighbouring slices, both ways, until they end"
-        )
-        self.selected_only_check = QCheckBox("Only the selected label")
-        self.into_selected_check = QCheckBox("Commit corrects the selected label")
-        self.into_selected_check.setToolTip(
-            "Commit replaces the selected label on this slice instead of adding new objects; "
-            "then Propagate again from the corrected slice"
-        )
-        # segment everything
-        auto = AutoSettings()
-        self.auto_button = QPushButton("Segment everything")
-        self.auto_button.setToolTip("Prompt a grid of points and add every object found as a new label")
-        self.auto_stack_check = QCheckBox("Whole stack (linked in 3D)")
-        self.points_side_spin = QSpinBox()
-        self.points_side_spin.setRange(4, 128)
-        self.points_side_spin.setValue(auto.points_per_side)
-        self.auto_iou_spin = QDoubleSpinBox()
-        self.auto_stability_spin = QDoubleSpinBox()
-        for spin, value in ((self.auto_iou_spin, auto.pred_iou_thresh), (self.auto_stability_spin, auto.stability_score_thresh)):
-            spin.setRange(0.0, 1.0)
-            spin.setSingleStep(0.01)
-            spin.setDecimals(2)
-            spin.setValue(value)
-        self.min_area_spin = QSpinBox()
-        self.min_area_spin.setRange(0, 100000)
-        self.min_area_spin.setValue(auto.min_mask_region_area)
-        self.min_area_spin.setToolTip("Holes and islands smaller than this (pixels) are removed")
-        self.max_fraction_spin = QDoubleSpinBox()
-        self.max_fraction_spin.setRange(0.01, 1.0)
-        self.max_fraction_spin.setSingleStep(0.05)
-        self.max_fraction_spin.setValue(auto.max_mask_fraction)
-        self.max_fraction_spin.setToolTip("Masks covering more of the image than this (the background) are dropped")
-        # measurements
-        self.measure_button = QPushButton("Measure labels")
-        self.measure_button.setToolTip("Area/volume, centroid, bbox, diameter and intensities per label")
-        self.export_button = QPushButton("Export CSV…")
-        self.export_button.setEnabled(False)
-        self.table = QTableWidget()
-        self.table.setVisible(False)
-        defaults = PropagationSettings()
-        self.score_spin = QDoubleSpinBox()
-        self.iou_spin = QDoubleSpinBox()
-        for spin, value, tip in (
-            (self.score_spin, defaults.score_threshold, "Stop where the predicted IoU falls below this"),
-            (self.iou_spin, defaults.iou_threshold, "Stop where the overlap (IoU) with the previous slice falls below this"),
-        ):
-            spin.setRange(0.0, 1.0)
-            spin.setSingleStep(0.05)
-            spin.setDecimals(2)
-            spin.setValue(value)
-            spin.setToolTip(tip)
 
         form = QFormLayout()
         model_row = QHBoxLayout()
@@ -216,29 +161,8 @@ class SamHQWidget(QWidget):
             layout.addWidget(w)
         layout.addLayout(commit_row)
         layout.addWidget(self.clear_button)
-        box = QGroupBox("Stacks")
-        box_form = QFormLayout(box)
-        box_form.addRow(self.into_selected_check)
-        box_form.addRow("Stop below score", self.score_spin)
-        box_form.addRow("Stop below IoU", self.iou_spin)
-        box_form.addRow(self.selected_only_check)
-        box_form.addRow(self.propagate_button)
-        layout.addWidget(box)
-        auto_box = QGroupBox("Segment everything")
-        auto_form = QFormLayout(auto_box)
-        auto_form.addRow("Points per side", self.points_side_spin)
-        auto_form.addRow("Min predicted IoU", self.auto_iou_spin)
-        auto_form.addRow("Min stability", self.auto_stability_spin)
-        auto_form.addRow("Min area (px)", self.min_area_spin)
-        auto_form.addRow("Max area (fraction)", self.max_fraction_spin)
-        auto_form.addRow(self.auto_stack_check)
-        auto_form.addRow(self.auto_button)
-        layout.addWidget(auto_box)
-        measure_row = QHBoxLayout()
-        measure_row.addWidget(self.measure_button, 1)
-        measure_row.addWidget(self.export_button)
-        layout.addLayout(measure_row)
-        layout.addWidget(self.table)
+        for box in self._build_tools():
+            layout.addWidget(box) if isinstance(box, QWidget) else layout.addLayout(box)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
@@ -248,10 +172,6 @@ class SamHQWidget(QWidget):
         self.commit_button.clicked.connect(lambda: self.commit())
         self.undo_button.clicked.connect(self.undo)
         self.clear_button.clicked.connect(self.clear_prompts)
-        self.propagate_button.clicked.connect(lambda: self.propagate())
-        self.auto_button.clicked.connect(lambda: self.segment_everything())
-        self.measure_button.clicked.connect(lambda: self.measure())
-        self.export_button.clicked.connect(self._export_dialog)
         self.store_edit.editingFinished.connect(self._on_options_changed)
         self.tile_spin.valueChanged.connect(lambda _: self._on_options_changed())
         self.overlap_spin.valueChanged.connect(lambda _: self._on_options_changed())
@@ -747,204 +667,3 @@ class SamHQWidget(QWidget):
         if C.PREVIEW_LAYER in self.viewer.layers:
             preview = self.viewer.layers[C.PREVIEW_LAYER]
             preview.data = np.zeros_like(preview.data)
-
-    # ------------------------------------------------------------------ propagation
-
-    def propagate(self):
-        """Propagate the objects of the current slice (or the selected label) through the
-        stack along the last slicing axis. Returns the worker, or ``None``."""
-        image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: compute embeddings and commit an object first")
-            return None
-        n = leading_ndim(image)
-        if n == 0:
-            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
-            return None
-        if self._propagate_worker is not None:
-            show_info("SAM-HQ: a propagation is already running")
-            return None
-        try:
-            target = self._target_labels(image)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
-        from ..engine.propagation import seeds_from_labels
-
-        axis = n - 1
-        here = current_key(self.viewer, image)
-        prefix = here[:axis]
-        stack = target.data[prefix] if prefix else target.data  # N x H x W along the axis
-        if self.selected_only_check.isChecked():
-            ids = [int(target.selected_label)]
-        else:
-            ids = [int(i) for i in np.unique(np.asarray(stack[here[axis]])) if i != 0]
-        if not ids or ids == [0]:
-            show_info("SAM-HQ: no object on this slice to propagate: commit one first (or pick its label)")
-            return None
-        tracked = self._committed.get(target.unique_id, {})
-        slices = {
-            label: {k[axis] for k in tracked[label] if k[:axis] == prefix}
-            for label in ids if tracked.get(label) and any(k[:axis] == prefix for k in tracked[label])
-        }
-        seeds = seeds_from_labels(stack, ids, slices=slices)
-        if not seeds:
-            show_info(f"SAM-HQ: label(s) {ids} have no pixels in this stack")
-            return None
-        settings = PropagationSettings(score_threshold=self.score_spin.value(), iou_threshold=self.iou_spin.value())
-        worker = self._propagate_job(self.session(image), seeds, axis, here, settings)
-        worker.yielded.connect(lambda m: (self.progress_bar.setValue(int(1000 * m[0])), self.status_label.setText(m[1])))
-        worker.returned.connect(lambda found: self._on_propagated(target, prefix, found, slices, seeds))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_propagate_finished)
-        self._propagate_worker = worker
-        self.propagate_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Propagating {len(seeds)} object(s)…")
-        worker.start()
-        return worker
-
-    @thread_worker
-    def _propagate_job(self, session, seeds, axis, base_key, settings):
-        from ..engine.propagation import iter_propagate
-
-        return (yield from iter_propagate(session, seeds, axis=axis, base_key=base_key, settings=settings))
-
-    def _on_propagated(self, target, prefix, found, slices, seeds) -> None:
-        from ..engine.propagation import write_propagation
-
-        if target not in self.viewer.layers:
-            show_warning("SAM-HQ: the labels layer was removed during propagation; nothing written")
-            return
-        stack = target.data[prefix] if prefix else target.data
-        planes = write_propagation(
-            stack, found, overwrite=self.overwrite_check.isChecked(), seeds={k: v for k, v in slices.items()}
-        )
-        apply_planes(target, prefix, planes)
-        reach = sorted(found)
-        span = f"slices {reach[0]}-{reach[-1]}" if reach else "no new slice"
-        self.status_label.setText(f"Propagated {len(seeds)} object(s): {span} ({len(found)} slices).")
-        self.progress_bar.setValue(1000)
-
-    def _on_propagate_finished(self) -> None:
-        self._propagate_worker = None
-        self.propagate_button.setEnabled(True)
-        if self._embed_worker is None:
-            self.cancel_button.setEnabled(False)
-
-    # ------------------------------------------------------------------ segment everything
-
-    def auto_settings(self) -> AutoSettings:
-        return AutoSettings(
-            points_per_side=self.points_side_spin.value(),
-            pred_iou_thresh=self.auto_iou_spin.value(),
-            stability_score_thresh=self.auto_stability_spin.value(),
-            min_mask_region_area=self.min_area_spin.value(),
-            max_mask_fraction=self.max_fraction_spin.value(),
-        )
-
-    def segment_everything(self):
-        """Automatic segmentation of the current slice (or the whole 3D stack) into new labels.
-        Returns the worker, or ``None``."""
-        image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: pick an image and compute embeddings first (the model loads then)")
-            return None
-        if self._auto_worker is not None:
-            show_info("SAM-HQ: segment everything is already running")
-            return None
-        try:
-            target = self._target_labels(image)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
-        here = current_key(self.viewer, image)
-        whole = self.auto_stack_check.isChecked() and len(here) == 1
-        if self.auto_stack_check.isChecked() and len(here) > 1:
-            show_info("SAM-HQ: whole-stack linking works along one slicing axis; segmenting this slice only")
-        keys = None if whole else [here]
-        worker = self._auto_job(self.session(image), keys, self.auto_settings())
-        worker.yielded.connect(lambda m: (self.progress_bar.setValue(int(1000 * m[0])), self.status_label.setText(m[1])))
-        worker.returned.connect(lambda labels: self._on_auto_done(target, () if whole else here, labels))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_auto_finished)
-        self._auto_worker = worker
-        self.auto_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("Segmenting everything…")
-        worker.start()
-        return worker
-
-    @thread_worker
-    def _auto_job(self, session, keys, settings):
-        from ..engine.automatic import iter_segment_everything
-
-        return (yield from iter_segment_everything(session, keys, settings))
-
-    def _on_auto_done(self, target, key: SliceKey, labels: np.ndarray) -> None:
-        if target not in self.viewer.layers:
-            show_warning("SAM-HQ: the labels layer was removed; nothing written")
-            return
-        n = add_labels(target, key, labels, overwrite=self.overwrite_check.isChecked())
-        self.status_label.setText(f"Segment everything: {n} new object(s). Correct with prompts; Ctrl+Z undoes it.")
-        self.progress_bar.setValue(1000)
-
-    def _on_auto_finished(self) -> None:
-        self._auto_worker = None
-        self.auto_button.setEnabled(True)
-        if self._embed_worker is None and self._propagate_worker is None:
-            self.cancel_button.setEnabled(False)
-
-    # ------------------------------------------------------------------ measurements
-
-    def measure(self):
-        """Measure the chosen labels layer: a table in the widget and in the layer's features."""
-        from ..engine.measure import measure
-
-        name = self.labels_combo.currentText()
-        layers = self.viewer.layers
-        if name not in layers or not isinstance(layers[name], Labels):
-            show_info("SAM-HQ: no labels layer to measure yet: commit objects first")
-            return None
-        target = layers[name]
-        labels = np.asarray(target.data)
-        image = self.image_layer
-        intensity = None
-        if image is not None and not image.rgb and tuple(image.data.shape) == labels.shape:
-            intensity = np.asarray(image.data)
-        try:
-            table = measure(labels, intensity)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
-        self.measurements = table
-        features = table.copy()
-        features.insert(0, "index", features["label"])
-        target.features = features
-        self._show_table(table)
-        self.export_button.setEnabled(True)
-        self.status_label.setText(f"Measured {len(table)} object(s) in '{name}' (also in the layer's features).")
-        return table
-
-    def _show_table(self, table) -> None:
-        self.table.clear()
-        self.table.setRowCount(len(table))
-        self.table.setColumnCount(len(table.columns))
-        self.table.setHorizontalHeaderLabels([str(c) for c in table.columns])
-        for r, row in enumerate(table.itertuples(index=False)):
-            for c, value in enumerate(row):
-                text = f"{value:.4g}" if isinstance(value, float) else str(value)
-                self.table.setItem(r, c, QTableWidgetItem(text))
-        self.table.setVisible(True)
-
-    def export_measurements(self, path: str) -> None:
-        from ..engine.io import write_table
-
-        if self.measurements is None:
-            raise RuntimeError("measure the labels first")
-        write_table(path, self.measurements)
-
-    def _export_dialog(self) -> None:  # pragma: no cover - a modal dialog
-        path, _ = QFileDialog.getSaveFileName(self, "Measurements", "measurements.csv", "CSV (*.csv)")
-        if path:
-            self.export_measurements(path)
