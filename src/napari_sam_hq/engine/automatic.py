@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from .session import SegmentationSession, SliceKey
@@ -268,15 +269,15 @@ def _process_batch(predictor, points: np.ndarray, tile: Tile, shape, settings: A
     thr, off = predictor.model.mask_threshold, settings.stability_score_offset
     for j in range(0, len(kept), 8):  # 8 full-size masks at a time bound the memory
         full = frames.logits_to_original(logits[j : j + 8, None])[:, 0]  # K x h x w, crop frame
-        inter = (full > thr + off).flatten(1).sum(1)
-        union = (full > thr - off).flatten(1).sum(1)
-        stability = (inter.float() / union.clamp(min=1).float()).cpu().numpy()
+        inter = (full > thr + off).flatten(1).sum(1, dtype=torch.int32)
+        union = (full > thr - off).flatten(1).sum(1, dtype=torch.int32)
+        stability = (inter.double() / union.clamp(min=1).double()).cpu().numpy()
         stability[union.cpu().numpy() == 0] = 0.0
-        masks = (full > thr).cpu().numpy()
-        for i in range(len(masks)):
+        for i in range(len(full)):
             if settings.stability_score_thresh > 0 and stability[i] < settings.stability_score_thresh:
                 continue
-            box = mask_box(masks[i])
+            mask = (full[i] > thr).cpu().numpy()
+            box = mask_box(mask)
             if box is None:
                 continue
             x0, y0, x1, y1 = box
@@ -286,7 +287,7 @@ def _process_batch(predictor, points: np.ndarray, tile: Tile, shape, settings: A
             px, py = points[kept[j + i]]
             out.append(AutoMask(
                 box=plane_box,
-                crop_mask=masks[i, y0 : y1 + 1, x0 : x1 + 1].copy(),
+                crop_mask=mask[y0 : y1 + 1, x0 : x1 + 1].copy(),
                 predicted_iou=float(scores[j + i]),
                 stability_score=float(stability[i]),
                 point=(float(px + tile.x0), float(py + tile.y0)),

@@ -187,7 +187,7 @@ class MaskDecoderHQ(nn.Module):
         """``h . (conv3(y) + hq)`` with ``h`` folded into ``conv3``: ``B x 1 x 256 x 256``.
 
         The folded kernel has one output channel, which convolution libraries run slowly;
-        it is computed as one matrix product onto the 9 taps (``B x HW x 9``) and a sum
+        it is computed as one matrix product onto the 9 taps (``B x 9 x HW``) and a sum
         of the 9 shifted tap planes (zero padding 1, as ``conv3``).
         """
         b, _, uh, uw = upscaled.shape
@@ -196,14 +196,15 @@ class MaskDecoderHQ(nn.Module):
         k = conv3.kernel_size[0]
         # Per prompt, a 64 -> 1 kernel: sum_o h[o] * W3[o], as B x 64 x (k*k) taps.
         taps = torch.einsum("bo,oikl->bikl", hyper_hq, conv3.weight).flatten(2)
-        # B C H W -> B HW C; (B HW C) @ (B C k*k) -> B H W k*k
-        z = (y.permute(0, 2, 3, 1).reshape(b, uh * uw, -1) @ taps).view(b, uh, uw, k * k)
+        # B C H W -> B C HW (a view of the channels-last memory); (B k*k C) @ (B C HW) -> one
+        # contiguous plane per tap, B x k*k x H x W, so the shifted sums below read contiguously
+        z = (taps.transpose(1, 2) @ y.permute(0, 2, 3, 1).reshape(b, uh * uw, -1).transpose(1, 2))
         pad = k // 2
-        z = F.pad(z, (0, 0, pad, pad, pad, pad))
-        logits = z[:, :uh, :uw, 0].clone()
+        z = F.pad(z.view(b, k * k, uh, uw), (pad, pad, pad, pad))
+        logits = z[:, 0, :uh, :uw].clone()
         for t in range(1, k * k):
             ky, kx = divmod(t, k)
-            logits += z[:, ky : ky + uh, kx : kx + uw, t]
+            logits += z[:, t, ky : ky + uh, kx : kx + uw]
         # + h . b3 + h . hq_features (1 x 32 x 256 x 256 -> 32 x HW, shared by all prompts)
         logits = logits.view(b, uh * uw) + (hyper_hq @ conv3.bias)[:, None]
         logits = logits + hyper_hq @ hq_features.flatten(1).view(-1, uh * uw)
