@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +76,9 @@ def worker_official(ckpt: str, name: str, n: int, setting: str) -> dict:
 
 
 def _run(args: list[str]) -> dict | None:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
-    if proc.returncode != 0:
-        print(f"  ({args[1]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from bench_model import run_worker
+
+    return run_worker(__file__, args)
 
 
 def main() -> None:

@@ -133,14 +133,19 @@ def worker_transformers(ckpt_dir: str, repeats: int) -> dict:
     return {"set_image": t_embed, "one_point": t_one}
 
 
-def _run(args: list[str]) -> dict | None:
+def run_worker(script: str, args: list[str]) -> dict | None:
+    """Run ``script --worker ...`` in a fresh process; its last stdout line is JSON."""
     proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [sys.executable, script, *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     if proc.returncode != 0:
         print(f"  ({args[1]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run(args: list[str]) -> dict | None:
+    return run_worker(__file__, args)
 
 
 def _make_checkpoints(tmp: Path, name: str) -> tuple[str, str | None]:

@@ -33,7 +33,7 @@ def main() -> None:
     from napari_sam_hq.engine import EmbeddingStore, PropagationSettings, SegmentationSession
     from napari_sam_hq.engine.propagation import iter_propagate, seeds_from_labels, write_propagation
     from napari_sam_hq.model.common import exhaust
-    from tests.engine.fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
+    from tests.engine.fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
 
     print("iou_thr | mean Dice | worst Dice | end slices missed | slices beyond the object")
     for thr in (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
@@ -45,10 +45,7 @@ def main() -> None:
             middle = {i + 1: {b[0][0]} for i, b in enumerate(blobs)}
             seeds = seeds_from_labels(truth, slices=middle)
             found = exhaust(iter_propagate(session, seeds, settings=PropagationSettings(iou_threshold=thr)))
-            labels = np.zeros_like(truth)
-            for label, planes in seeds.items():
-                for z, m in planes.items():
-                    labels[z][m] = label
+            labels = paint_seeds(truth.shape, seeds, truth.dtype)
             for z, plane in write_propagation(labels, found).items():
                 labels[z] = plane
             for label in seeds:

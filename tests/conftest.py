@@ -57,6 +57,14 @@ def vit_b_pair() -> Pair:
     return _pair(official_model("vit_b"), build_sam_hq("vit_b"), seed=3)
 
 
+@pytest.fixture(scope="session")
+def small_checkpoint(small_pair, tmp_path_factory) -> str:
+    """``small_pair``'s weights as an official-format .pth file (for loaders, CLI, widget)."""
+    path = tmp_path_factory.mktemp("ckpt") / "sam_hq_small.pth"
+    torch.save(small_pair.state_dict, path)
+    return str(path)
+
+
 def blob_image(h: int, w: int, *, seed: int = 0, channels: int = 3) -> np.ndarray:
     """uint8 image with bright discs on a gradient: structure for the model to see."""
     rng = np.random.default_rng(seed)

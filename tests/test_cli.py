@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import torch
 from napari.layers import Points, Shapes
 from napari_builtins.io import napari_write_points, napari_write_shapes
 
@@ -20,12 +19,9 @@ from napari_sam_hq.engine.io import atomic_write, read_boxes_csv, read_points_cs
 from .conftest import blob_image
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, request) -> str:
-    pair = request.getfixturevalue("small_pair")
-    path = tmp_path_factory.mktemp("ckpt") / "sam_hq_small.pth"
-    torch.save(pair.state_dict, path)
-    return str(path)
+@pytest.fixture
+def ckpt(small_checkpoint) -> str:
+    return small_checkpoint
 
 
 def _save_points(path: Path, coords, labels) -> Path:

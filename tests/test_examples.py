@@ -9,17 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, request) -> str:
-    pair = request.getfixturevalue("small_pair")
-    path = tmp_path_factory.mktemp("ckpt") / "sam_hq_small.pth"
-    torch.save(pair.state_dict, path)
-    return str(path)
+@pytest.fixture
+def ckpt(small_checkpoint) -> str:
+    return small_checkpoint
 
 
 def _run(script: str, ckpt: str, *args: str) -> str:

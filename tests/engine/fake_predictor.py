@@ -126,3 +126,24 @@ def ellipsoid_volume(shape=(24, 160, 160), blobs=(((12, 60, 60), (8, 30, 24)),),
     img = ndimage.gaussian_filter(np.where(truth > 0, 200.0, 40.0), sigma=(0, 1, 1))
     img = np.clip(img + rng.normal(0, noise, shape), 0, 255).astype(np.uint8)
     return img, truth
+
+
+def disc_image(shape, discs, *, seed=0, dtype=np.uint8, low=50, high=210, noise=6.0):
+    """Bright discs ``(cy, cx, r)`` on a dark noisy background; returns (image, truth labels)
+    with label i + 1 for disc i."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(shape)
+    truth = np.zeros(shape, np.uint32)
+    for i, (cy, cx, r) in enumerate(discs):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = i + 1
+    image = np.where(truth > 0, high, low) + rng.normal(0, noise, shape)
+    return image.clip(0, np.iinfo(dtype).max).astype(dtype), truth
+
+
+def paint_seeds(shape, seeds, dtype=np.uint32) -> np.ndarray:
+    """Labels with each seed mask ``{label: {slice: mask}}`` painted in."""
+    labels = np.zeros(shape, dtype)
+    for label, planes in seeds.items():
+        for z, mask in planes.items():
+            labels[z][mask] = label
+    return labels

@@ -26,19 +26,9 @@ from napari_sam_hq.model.common import exhaust
 
 from ..conftest import blob_image
 from ..oracles import import_official
-from .fake_predictor import FakeModel, FakePredictor
+from .fake_predictor import FakeModel, FakePredictor, disc_image
 
 RULE = AutoSettings(points_per_side=16, stability_score_thresh=0.9, min_mask_region_area=0)
-
-
-def _discs(shape, discs, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.indices(shape)
-    truth = np.zeros(shape, np.uint32)
-    for i, (cy, cx, r) in enumerate(discs):
-        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = i + 1
-    image = np.where(truth > 0, 210, 50) + rng.normal(0, 6, shape)
-    return image.clip(0, 255).astype(np.uint8), truth
 
 
 def _session(image, **kw):
@@ -135,7 +125,7 @@ def test_bad_settings_are_refused_with_the_reason():
 
 
 def test_rule_model_finds_every_disc_once():
-    image, truth = _discs((300, 360), [(60, 60, 30), (150, 200, 45), (240, 80, 25), (80, 290, 35)])
+    image, truth = disc_image((300, 360), [(60, 60, 30), (150, 200, 45), (240, 80, 25), (80, 290, 35)])
     labels = exhaust(iter_segment_everything(_session(image), [()], RULE))
     assert labels.shape == (300, 360) and labels.dtype == np.uint32
     assert _matches(labels, truth)
@@ -144,7 +134,7 @@ def test_rule_model_finds_every_disc_once():
 def test_tiles_are_merged_without_duplicates_or_cut_objects():
     # discs on tile seams (tiles 512 with overlap 128 on a 900 x 1100 plane)
     discs = [(250, 450, 50), (450, 300, 40), (700, 560, 45), (120, 1000, 30), (800, 150, 35)]
-    image, truth = _discs((900, 1100), discs, seed=1)
+    image, truth = disc_image((900, 1100), discs, seed=1)
     session = _session(image, tile_size=512, overlap=128)
     assert session.grid.tiled
     labels = exhaust(iter_segment_everything(session, [()], RULE))
@@ -154,7 +144,7 @@ def test_tiles_are_merged_without_duplicates_or_cut_objects():
 def test_stack_is_linked_into_3d_objects():
     planes, truths = [], []
     for z in range(4):
-        img, t = _discs((200, 220), [(60, 60 + 3 * z, 30), (140, 150, 35 - 2 * z)], seed=z)
+        img, t = disc_image((200, 220), [(60, 60 + 3 * z, 30), (140, 150, 35 - 2 * z)], seed=z)
         planes.append(img)
         truths.append(t)
     labels = exhaust(iter_segment_everything(_session(np.stack(planes)), None, RULE))

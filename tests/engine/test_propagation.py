@@ -21,7 +21,7 @@ from napari_sam_hq.model.common import exhaust
 from napari_sam_hq.model.registry import ModelSpec
 
 from ..conftest import SMALL_VIT
-from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
+from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
 
 
 def _session(image, model=None):
@@ -36,10 +36,7 @@ def _dice(a, b):
 def _propagate(image, truth, seed_slices, settings=None):
     seeds = seeds_from_labels(truth, slices={i: set(z) for i, z in seed_slices.items()})
     found = exhaust(iter_propagate(_session(image), seeds, settings=settings))
-    labels = np.zeros_like(truth)
-    for label, planes in seeds.items():
-        for z, m in planes.items():
-            labels[z][m] = label
+    labels = paint_seeds(truth.shape, seeds, truth.dtype)
     for z, plane in write_propagation(labels, found).items():
         labels[z] = plane
     return labels, found
@@ -77,10 +74,7 @@ def test_touching_blobs_propagate_together_with_their_own_ids():
     seeds = seeds_from_labels(truth, slices={1: {10}, 2: {12}})
     found = exhaust(iter_propagate(session, seeds))
     assert any(n == 2 for _, n in calls)  # both objects in one call per slice
-    labels = np.zeros_like(truth)
-    for label, planes in seeds.items():
-        for z, m in planes.items():
-            labels[z][m] = label
+    labels = paint_seeds(truth.shape, seeds, truth.dtype)
     for z, plane in write_propagation(labels, found).items():
         labels[z] = plane
     for i in (1, 2):

@@ -9,18 +9,12 @@ from napari_sam_hq.engine.session import SegmentationSession
 from napari_sam_hq.engine.store import EmbeddingStore
 from napari_sam_hq.engine.tiling import Tile, TileGrid, prompt_extent
 
-from .fake_predictor import FakeModel, FakePredictor
+from .fake_predictor import FakeModel, FakePredictor, disc_image
 
 
 def _discs(shape, discs, *, seed=0):
     """uint16 image with bright discs (cy, cx, r) on noise; returns (image, truth labels)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.indices(shape)
-    truth = np.zeros(shape, np.uint16)
-    for i, (cy, cx, r) in enumerate(discs):
-        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = i + 1
-    image = np.where(truth > 0, 3000, 600) + rng.normal(0, 80, shape)
-    return image.clip(0, 4000).astype(np.uint16), truth
+    return disc_image(shape, discs, seed=seed, dtype=np.uint16, low=600, high=3000, noise=80)
 
 
 def test_grid_covers_the_plane_with_at_least_the_overlap():

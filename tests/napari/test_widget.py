@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from napari_sam_hq._napari import constants as C
 from napari_sam_hq._napari.widget import SamHQWidget
@@ -17,12 +16,9 @@ pytestmark = pytest.mark.gui
 TIMEOUT = 60_000
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, request) -> str:
-    pair = request.getfixturevalue("small_pair")
-    path = tmp_path_factory.mktemp("ckpt") / "sam_hq_small.pth"
-    torch.save(pair.state_dict, path)
-    return str(path)
+@pytest.fixture
+def checkpoint(small_checkpoint) -> str:
+    return small_checkpoint
 
 
 def _widget(viewer, checkpoint) -> SamHQWidget:

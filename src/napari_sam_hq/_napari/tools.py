@@ -34,6 +34,23 @@ from .commit import add_labels, apply_planes
 from .layers import SliceKey, current_key, leading_ndim
 
 
+def _tool_target(host, running, busy: str, missing: str):
+    """The chosen image and the labels layer a tool writes to, or ``None`` after telling the
+    user why not (no image or model yet, the tool already running, an unusable labels layer)."""
+    image = host.image_layer
+    if image is None or host.model is None:
+        show_info(f"SAM-HQ: {missing}")
+        return None
+    if running is not None:
+        show_info(f"SAM-HQ: {busy} is already running")
+        return None
+    try:
+        return image, host._target_labels(image)
+    except ValueError as err:
+        show_error(f"SAM-HQ: {err}")
+        return None
+
+
 def _unit_spin(value: float, step: float, tip: str = "") -> QDoubleSpinBox:
     spin = QDoubleSpinBox()
     spin.setRange(0.0, 1.0)
@@ -78,21 +95,14 @@ class PropagationTool:
         """Propagate the objects of the current slice (or the selected label) through the
         stack along the last slicing axis. Returns the worker, or ``None``."""
         image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: compute embeddings and commit an object first")
-            return None
-        n = leading_ndim(image)
-        if n == 0:
+        if image is not None and leading_ndim(image) == 0:
             show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
             return None
-        if self._propagate_worker is not None:
-            show_info("SAM-HQ: a propagation is already running")
+        found = _tool_target(self, self._propagate_worker, "a propagation", "compute embeddings and commit an object first")
+        if found is None:
             return None
-        try:
-            target = self._target_labels(image)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
+        image, target = found
+        n = leading_ndim(image)
         from ..engine.propagation import seeds_from_labels
 
         axis = n - 1
@@ -203,18 +213,11 @@ class SegmentEverythingTool:
     def segment_everything(self):
         """Automatic segmentation of the current slice (or the whole 3D stack) into new labels.
         Returns the worker, or ``None``."""
-        image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: pick an image and compute embeddings first (the model loads then)")
+        found = _tool_target(self, self._auto_worker, "segment everything",
+                             "pick an image and compute embeddings first (the model loads then)")
+        if found is None:
             return None
-        if self._auto_worker is not None:
-            show_info("SAM-HQ: segment everything is already running")
-            return None
-        try:
-            target = self._target_labels(image)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
+        image, target = found
         here = current_key(self.viewer, image)
         whole = self.auto_stack_check.isChecked() and len(here) == 1
         if self.auto_stack_check.isChecked() and len(here) > 1:

@@ -33,7 +33,7 @@ class PropagationSettings:
     """When to stop (see the module rule). Defaults measured on synthetic volumes (docs/volumes.md)."""
 
     score_threshold: float = 0.5
-    iou_threshold: float = 0.4
+    iou_threshold: float = 0.3
     min_area: int = 10
     max_slices: int | None = None  # per direction; None: to the end of the stack
     use_mask_input: bool = True
