@@ -20,6 +20,7 @@ from napari_sam_hq.engine.automatic import (
     nms,
     point_grid,
     remove_small_regions,
+    stability_score,
 )
 from napari_sam_hq.engine.tiling import Tile
 from napari_sam_hq.model.common import exhaust
@@ -59,6 +60,15 @@ def test_nms_and_box_iou_exact():
     assert nms(boxes, np.array([0.9, 0.95, 0.5, 0.9]), 0.5).tolist() == [1, 2]
     assert nms(boxes, np.array([0.9, 0.95, 0.5, 0.9]), 0.7).tolist() == [1, 0, 2]  # 0.68 < 0.7
     assert nms(boxes, np.array([1.0, 0.0, 0.0, 1.0]), 0.99).tolist() == [0, 1, 2]  # 3 == 0: dropped; ties by index
+
+
+def test_stability_score_exact():
+    ramp = torch.arange(-5.0, 5.0).repeat(4, 1)[None]  # 4 rows of -5 .. 4
+    steep = torch.where(torch.arange(10) < 5, -10.0, 10.0).repeat(4, 1)[None]
+    empty = torch.full((1, 4, 10), -3.0)
+    scores = stability_score(torch.cat([ramp, steep, empty]), 0.0, 1.0)
+    # ramp: > 1 -> {2, 3, 4}; > -1 -> {0 .. 4}: 3 / 5. steep: stable. empty: 0.
+    np.testing.assert_array_equal(scores, [0.6, 1.0, 0.0])
 
 
 def test_small_holes_and_islands():

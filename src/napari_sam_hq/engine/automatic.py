@@ -168,6 +168,17 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> np.ndarray:
+    """``K``: for ``K x H x W`` logits, the IoU of the masks cut at ``threshold + offset`` and
+    ``threshold - offset`` (the first lies inside the second, so it is a ratio of counts);
+    0 where the looser mask is empty."""
+    inter = (logits > threshold + offset).flatten(1).sum(1, dtype=torch.int32)
+    union = (logits > threshold - offset).flatten(1).sum(1, dtype=torch.int32)
+    score = (inter.double() / union.clamp(min=1).double()).cpu().numpy()
+    score[union.cpu().numpy() == 0] = 0.0
+    return score
+
+
 def _near_inner_edge(box, crop: Tile, shape_hw, atol: float = 20.0) -> bool:
     """The official rule: a box side within ``atol`` of a crop side that is not a plane side."""
     h, w = shape_hw
@@ -269,10 +280,7 @@ def _process_batch(predictor, points: np.ndarray, tile: Tile, shape, settings: A
     thr, off = predictor.model.mask_threshold, settings.stability_score_offset
     for j in range(0, len(kept), 8):  # 8 full-size masks at a time bound the memory
         full = frames.logits_to_original(logits[j : j + 8, None])[:, 0]  # K x h x w, crop frame
-        inter = (full > thr + off).flatten(1).sum(1, dtype=torch.int32)
-        union = (full > thr - off).flatten(1).sum(1, dtype=torch.int32)
-        stability = (inter.double() / union.clamp(min=1).double()).cpu().numpy()
-        stability[union.cpu().numpy() == 0] = 0.0
+        stability = stability_score(full, thr, off)
         for i in range(len(full)):
             if settings.stability_score_thresh > 0 and stability[i] < settings.stability_score_thresh:
                 continue
@@ -430,5 +438,6 @@ __all__ = [
     "nms",
     "point_grid",
     "remove_small_regions",
+    "stability_score",
 ]
 
