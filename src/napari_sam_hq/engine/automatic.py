@@ -229,7 +229,7 @@ def iter_generate_masks(
     settings = settings or AutoSettings()
     key = session.check_key(key)
     shape = session.plane_shape
-    plane = session.plane(key)
+    lookup = session.entry_lookup(session.plane(key))
     crops = _crops(session, settings)
     per_crop = [
         point_grid(int(settings.points_per_side / settings.crop_n_points_downscale_factor**layer))
@@ -239,7 +239,7 @@ def iter_generate_masks(
     done = 0
     everything: list[AutoMask] = []
     for (tile, _layer), grid in zip(crops, per_crop):
-        predictor = session._predictor(key, tile, plane)
+        predictor = session.tile_predictor(key, tile, lookup)
         ch, cw = tile.y1 - tile.y0, tile.x1 - tile.x0
         points = grid * np.array([cw, ch])  # crop frame (x, y)
         found: list[AutoMask] = []

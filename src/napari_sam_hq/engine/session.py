@@ -119,19 +119,30 @@ class SegmentationSession:
             return (0.0, 0.0)
         return (float(finite.min()), float(finite.max()))
 
-    def _entries(self, key: SliceKey, tiles: Iterable[Tile], plane: np.ndarray | None = None):
+    def entry_lookup(self, plane: np.ndarray) -> Callable[[Tile], tuple[str, np.ndarray, tuple | None]]:
+        """``tile -> (store key, pixels, contrast limits)`` for one plane read once; each tile's
+        hash and the plane's shared limits are computed once, however often a tile is asked for."""
+        memo: dict[Tile, tuple[str, np.ndarray, tuple | None]] = {}
+        part_limits: list = []
+
+        def lookup(tile: Tile):
+            if tile not in memo:
+                if self.is_whole(tile):
+                    pixels, limits = plane, self._limits(plane, True)
+                else:
+                    if not part_limits:
+                        part_limits.append(self._limits(plane, False))
+                    pixels, limits = plane[tile.slices], part_limits[0]
+                memo[tile] = (content_key(pixels, limits), pixels, limits)
+            return memo[tile]
+
+        return lookup
+
+    def _entries(self, key: SliceKey, tiles: Iterable[Tile]):
         """``(tile, store key, pixels, contrast limits)`` for tiles of one plane."""
-        plane = self.plane(key) if plane is None else plane
-        part_limits = None
+        lookup = self.entry_lookup(self.plane(key))
         for tile in tiles:
-            whole = self.is_whole(tile)
-            if whole:
-                pixels, limits = plane, self._limits(plane, True)
-            else:
-                if part_limits is None:
-                    part_limits = (self._limits(plane, False),)
-                pixels, limits = plane[tile.slices], part_limits[0]
-            yield tile, content_key(pixels, limits), pixels, limits
+            yield (tile, *lookup(tile))
 
     def entry_keys(self, key: SliceKey, *, coarse: bool = False) -> list[tuple[Tile, str]]:
         """``(tile, store key)`` of every tile of slice ``key`` (what ``iter_embed`` stores)."""
@@ -178,9 +189,11 @@ class SegmentationSession:
                 encoded += 1
         return encoded
 
-    def _predictor(self, key: SliceKey, tile: Tile, plane: np.ndarray) -> SamHQPredictor:
-        """A decoder-ready predictor for one tile; encodes the tile now if the store lacks it."""
-        [(_, entry, pixels, limits)] = list(self._entries(key, [tile], plane))
+    def tile_predictor(self, key: SliceKey, tile: Tile, lookup=None) -> SamHQPredictor:
+        """A decoder-ready predictor for one tile of slice ``key``; encodes the tile now if the
+        store lacks it. ``lookup``: the plane's ``entry_lookup``, when the caller has one."""
+        lookup = lookup or self.entry_lookup(self.plane(key))
+        entry, pixels, limits = lookup(tile)
         with self._lock:
             predictor = self._ready.pop(entry, None)
             if predictor is not None:
@@ -221,7 +234,7 @@ class SegmentationSession:
         key = self.check_key(key)
         if not objects:
             return []
-        plane = self.plane(key)
+        lookup = self.entry_lookup(self.plane(key))
         results: list[ObjectMask | None] = [None] * len(objects)
         todo = list(range(len(objects)))
         tried: dict[int, tuple[Tile, ...]] = {i: () for i in todo}
@@ -241,8 +254,8 @@ class SegmentationSession:
                 groups.setdefault(layout, []).append(i)
             retry = []
             for (tile, has_box, n_points, use_mask), members in groups.items():
-                out = self._decode(key, plane, tile, [objects[i] for i in members], has_box, n_points, use_mask,
-                                   multimask_output, hq_token_only)
+                out = self._decode(key, lookup, tile, [objects[i] for i in members], has_box, n_points,
+                                   use_mask, multimask_output, hq_token_only)
                 for i, result in zip(members, out):
                     tried[i] += (tile,)
                     results[i] = result
@@ -258,8 +271,8 @@ class SegmentationSession:
             todo = retry
         return [r for r in results if r is not None]
 
-    def _decode(self, key, plane, tile, objs, has_box, n_points, use_mask, multimask, hq_only) -> list[ObjectMask]:
-        predictor = self._predictor(key, tile, plane)
+    def _decode(self, key, lookup, tile, objs, has_box, n_points, use_mask, multimask, hq_only) -> list[ObjectMask]:
+        predictor = self.tile_predictor(key, tile, lookup)
         whole = self.is_whole(tile)
         origin = np.zeros(2) if whole else tile.origin_xy
         kwargs: dict[str, Any] = {}
