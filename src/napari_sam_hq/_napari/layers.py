@@ -9,7 +9,6 @@ on slice ``round(lead)`` at pixel ``(x, y)`` for the engine.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,19 +31,6 @@ def leading_ndim(layer: napari.layers.Image) -> int:
 def spatial_shape(layer: napari.layers.Image) -> tuple[int, ...]:
     """Shape without the colour axis: the shape of matching Labels layers."""
     return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
-
-
-def plane(layer: napari.layers.Image, key: SliceKey) -> np.ndarray:
-    """The 2D plane (``H x W`` or ``H x W x C``) at ``key``, as a numpy array."""
-    return np.asarray(layer.data[key] if key else layer.data)
-
-
-def plane_signature(data: np.ndarray) -> str:
-    """Content hash of a plane: a changed voxel means a new embedding."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(str((data.shape, data.dtype.str)).encode())
-    h.update(np.ascontiguousarray(data).data)
-    return h.hexdigest()
 
 
 def all_keys(layer: napari.layers.Image) -> list[SliceKey]:
