@@ -122,6 +122,9 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path, capsys):
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
     assert main(["embed", str(tmp_path / "junk.tif"), "--model", ckpt]) == 3
     assert "cannot read it as an image" in capsys.readouterr().err
+    assert main(["segment", str(img), "--model", ckpt, "--device", "cpu", "--points", str(tmp_path / "none.csv"),
+                 "--out", str(tmp_path / "o.tif")]) == 3
+    assert "none.csv: cannot read it" in capsys.readouterr().err
     far = _save_points(tmp_path / "far.csv", [[200, 300]], ["positive"])
     out = tmp_path / "o.tif"
     assert main(["segment", str(img), "--model", ckpt, "--device", "cpu", "--points", str(far), "--out", str(out)]) == 4

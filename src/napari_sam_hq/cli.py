@@ -205,7 +205,8 @@ def cmd_embed(args) -> int:
 
 def cmd_segment(args) -> int:
     from .engine.batch import labels_from_prompts
-    from .engine.io import InputError, prompts_by_slice, read_boxes_csv, read_points_csv, write_labels
+    from .engine.io import InputError, UnreadableInput, prompts_by_slice, read_boxes_csv, read_points_csv
+    from .engine.io import write_labels
 
     if not args.points and not args.boxes:
         raise CliError("give --points and/or --boxes (CSV files saved from napari layers)", EXIT_USAGE)
@@ -214,16 +215,10 @@ def cmd_segment(args) -> int:
     try:
         points = read_points_csv(args.points, ndim) if args.points else None
         boxes = read_boxes_csv(args.boxes, ndim) if args.boxes else None
-    except InputError as err:
-        code = EXIT_INPUT if "cannot read" in str(err) or "empty" in str(err) else EXIT_MISMATCH
-        if not Path(args.points or args.boxes).is_file():
-            code = EXIT_INPUT
-        raise CliError(str(err), code) from err
-    except OSError as err:
-        raise CliError(str(err), EXIT_INPUT) from err
-    try:
         objects = prompts_by_slice(image, points, boxes, source=args.points or args.boxes)
-    except InputError as err:
+    except UnreadableInput as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    except InputError as err:  # readable, but not prompts for this image
         raise CliError(str(err), EXIT_MISMATCH) from err
     if not objects:
         raise CliError("the prompts hold no object (no box and no positive point)", EXIT_MISMATCH)

@@ -36,6 +36,10 @@ class InputError(ValueError):
     """An input file cannot be used; the message names the file and the fix."""
 
 
+class UnreadableInput(InputError):
+    """An input file is missing, empty or not in a format we read."""
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     """An image as the engine takes it: ``data`` ``(*lead, H, W[, C])`` and whether it is RGB."""
@@ -60,7 +64,7 @@ def read_image(
     """Read ``path`` into a ``LoadedImage`` (module docstring for the rules)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise UnreadableInput(f"{path}: no such file")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -72,7 +76,7 @@ def read_image(
             data = skio.imread(path)
     except Exception as err:  # readers raise many types for unreadable files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path}: cannot read it as an image ({reason})") from err
+        raise UnreadableInput(f"{path}: cannot read it as an image ({reason})") from err
     data = np.asarray(data)
     if (channel_axis is None) != (channel is None):
         raise InputError("give --channel-axis and --channel together (which axis holds channels, which to use)")
@@ -95,9 +99,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read it ({err})") from err
+        raise UnreadableInput(f"{path}: cannot read it ({err})") from err
     if not rows:
-        raise InputError(f"{path}: the file is empty")
+        raise UnreadableInput(f"{path}: the file is empty")
     return [c.strip() for c in rows[0]], [r for r in rows[1:] if r]
 
 
