@@ -102,7 +102,10 @@ class MaskDecoderHQ(nn.Module):
         """Prompt-independent HQ features: ``B x 256 x 64 x 64``, ``B x 64 x 64 x Cv`` -> ``B x 32 x 256 x 256``."""
         # B H W C -> B C H W
         vit = early_features.permute(0, 3, 1, 2)
-        return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
+        hq = self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
+        # Contiguous (the convolutions may leave channels-last memory): every prompt reads
+        # it as 32 x HW planes, and a strided copy there cost 3-4 ms per prompt.
+        return hq.contiguous()
 
     def prepare_image(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
@@ -155,56 +158,85 @@ class MaskDecoderHQ(nn.Module):
 
     def _logits(self, hs, src, hq_features, hw, *, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM logits ``B x 4 x 256 x 256`` and HQ logits ``B x 1 x 256 x 256`` from the
-        transformer's output tokens ``hs`` and image tokens ``src``."""
+        transformer's output tokens ``hs`` and image tokens ``src`` (``B x hw x C``).
+
+        ``fused=True`` runs the mask heads on pixel rows (``B x HW x C``, the transformer's
+        own layout): the 2 x 2 transposed convolutions are matrix products, nothing is
+        transposed between blocks, and the HQ head is folded (``_hq_logits_fused``).
+        ``fused=False`` applies the modules as the official code does, for tests.
+        """
         b = hs.shape[0]
         h, w = hw
         src = src.expand(b, -1, -1)
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
-
-        # B hw C -> B C h w as a channels-last view (no copy): the convolutions and
-        # LayerNorm2d below then run on NHWC memory, about twice as fast on the CPU.
-        upscaled = self.output_upscaling(src.transpose(1, 2).unflatten(2, (h, w)))
         hyper_sam = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # B x 4 x 32
         hyper_hq = self.hf_mlp(mask_tokens_out[:, self.num_sam_tokens])  # B x 32
-        uh, uw = upscaled.shape[-2:]
-        # B C H W -> B HW C, then (B HW C) @ (B C 4) -> B HW 4 -> B 4 H W
-        up_tokens = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, -1)
-        sam_logits = (up_tokens @ hyper_sam.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw)
-
-        if fused:
-            hq_logits = self._hq_logits_fused(upscaled, hyper_hq, hq_features)
-        else:
+        if not fused:
+            # B hw C -> B C h w
+            upscaled = self.output_upscaling(src.transpose(1, 2).unflatten(2, (h, w)))
+            uh, uw = upscaled.shape[-2:]
+            sam_logits = (hyper_sam @ upscaled.flatten(2)).view(b, -1, uh, uw)
             hq_embedding = self.embedding_maskfeature(upscaled) + hq_features
             hq_logits = (hyper_hq[:, None] @ hq_embedding.flatten(2)).view(b, 1, uh, uw)
+            return sam_logits, hq_logits
+
+        rows, (uh, uw) = self.upscale_rows(src, (h, w))  # B x HW x 32
+        # (B 4 32) @ (B 32 HW): one contiguous plane per mask
+        sam_logits = (hyper_sam @ rows.transpose(1, 2)).view(b, -1, uh, uw)
+        hq_logits = self._hq_logits_fused(rows, (uh, uw), hyper_hq, hq_features)
         return sam_logits, hq_logits
 
+    def upscale_rows(self, src: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``output_upscaling`` on pixel rows: ``B x hw x C`` -> ``B x 16hw x C/8`` and its grid.
+
+        Same arithmetic as the module on ``B x C x h x w``; rows are row-major pixels.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        x, hw = conv_transpose_2x2_rows(src, hw, conv1)
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x, hw = conv_transpose_2x2_rows(x, hw, conv2)
+        return act2(x), hw
+
     def _hq_logits_fused(
-        self, upscaled: torch.Tensor, hyper_hq: torch.Tensor, hq_features: torch.Tensor
+        self, rows: torch.Tensor, hw: tuple[int, int], hyper_hq: torch.Tensor, hq_features: torch.Tensor
     ) -> torch.Tensor:
         """``h . (conv3(y) + hq)`` with ``h`` folded into ``conv3``: ``B x 1 x 256 x 256``.
 
-        The folded kernel has one output channel, which convolution libraries run slowly;
-        it is computed as one matrix product onto the 9 taps (``B x 9 x HW``) and a sum
-        of the 9 shifted tap planes (zero padding 1, as ``conv3``).
+        ``rows`` is the upscaled activation as pixel rows ``B x HW x 32``. The folded kernel
+        has one output channel, which convolution libraries run slowly; it is computed as
+        one matrix product onto the 9 taps (``B x 9 x HW``) and a sum of the 9 shifted tap
+        planes (zero padding 1, as ``conv3``).
         """
-        b, _, uh, uw = upscaled.shape
+        b = rows.shape[0]
+        uh, uw = hw
         conv1, norm, act, conv3 = self.embedding_maskfeature
-        y = act(norm(conv1(upscaled)))  # B x 64 x 256 x 256 (channels-last memory)
         k = conv3.kernel_size[0]
-        # Per prompt, a 64 -> 1 kernel: sum_o h[o] * W3[o], as B x 64 x (k*k) taps.
-        taps = torch.einsum("bo,oikl->bikl", hyper_hq, conv3.weight).flatten(2)
-        # B C H W -> B C HW (a view of the channels-last memory); (B k*k C) @ (B C HW) -> one
-        # contiguous plane per tap, B x k*k x H x W, so the shifted sums below read contiguously
-        z = (taps.transpose(1, 2) @ y.permute(0, 2, 3, 1).reshape(b, uh * uw, -1).transpose(1, 2))
+        # Per prompt, a 64 -> 1 kernel: sum_o h[o] * W3[o], as B x (k*k) x 64 taps.
+        taps = torch.einsum("bo,oikl->bikl", hyper_hq, conv3.weight).flatten(2).transpose(1, 2)
+        # B HW C -> B C H W as a channels-last view; with a channels-last kernel the
+        # convolution keeps that layout, so its output is pixel rows again (no copy).
+        x = rows.view(b, uh, uw, -1).permute(0, 3, 1, 2)
+        weight = conv1.weight.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, conv1.bias, padding=conv1.padding)
+        y = y.permute(0, 2, 3, 1).reshape(b, uh * uw, -1)  # B x HW x 64
+        y = act(F.layer_norm(y, (y.shape[-1],), norm.weight, norm.bias, norm.eps))
+        # (B k*k C) @ (B C HW): one contiguous plane per tap, B x k*k x H x W
+        z = (taps @ y.transpose(1, 2)).view(b, k * k, uh, uw)
+        # Output pixel (i, j) takes tap (ky, kx) at (i + ky - pad, j + kx - pad) where that
+        # lies inside: the zero padding of conv3, without building a padded copy.
         pad = k // 2
-        z = F.pad(z.view(b, k * k, uh, uw), (pad, pad, pad, pad))
-        logits = z[:, 0, :uh, :uw].clone()
-        for t in range(1, k * k):
-            ky, kx = divmod(t, k)
-            logits += z[:, t, ky : ky + uh, kx : kx + uw]
+        logits = z[:, pad * k + pad].clone()
+        for t in range(k * k):
+            dy, dx = divmod(t, k)
+            dy, dx = dy - pad, dx - pad
+            if dy == 0 and dx == 0:
+                continue
+            logits[:, max(0, -dy) : uh - max(0, dy), max(0, -dx) : uw - max(0, dx)] += z[
+                :, t, max(0, dy) : uh + min(0, dy), max(0, dx) : uw + min(0, dx)
+            ]
         # + h . b3 + h . hq_features (1 x 32 x 256 x 256 -> 32 x HW, shared by all prompts)
         logits = logits.view(b, uh * uw) + (hyper_hq @ conv3.bias)[:, None]
         logits = logits + hyper_hq @ hq_features.flatten(1).view(-1, uh * uw)
@@ -269,6 +301,28 @@ class MaskDecoderHQ(nn.Module):
         sam, hq = self._logits(hs, src, hq_features, image_embeddings.shape[-2:], fused=True)
         logits, scores = _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
         return logits, scores, keep
+
+
+def conv_transpose_2x2_rows(
+    x: torch.Tensor, hw: tuple[int, int], conv: nn.ConvTranspose2d
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A kernel-2, stride-2 transposed convolution on pixel rows: ``B x hw x Cin`` ->
+    ``B x 4hw x Cout`` and the doubled grid.
+
+    Each input pixel writes its own 2 x 2 output block (no overlap), so the convolution is
+    one matrix product ``Cin -> (2 x 2 x Cout)`` followed by moving the blocks into place.
+    """
+    if conv.kernel_size != (2, 2) or conv.stride != (2, 2) or conv.padding != (0, 0) or conv.groups != 1:
+        raise ValueError("conv_transpose_2x2_rows needs kernel 2, stride 2, no padding, one group")
+    b = x.shape[0]
+    h, w = hw
+    cin, cout = conv.weight.shape[:2]
+    # Cin Cout kh kw -> Cin (kh kw Cout)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+    y = torch.matmul(x, weight) + conv.bias.repeat(4)
+    # B (h w) (kh kw Cout) -> B h kh w kw Cout -> B (2h 2w) Cout
+    y = y.view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 4 * h * w, cout)
+    return y, (2 * h, 2 * w)
 
 
 def _select(sam: torch.Tensor, hq: torch.Tensor, iou: torch.Tensor, *, multimask_output: bool, hq_token_only: bool):
