@@ -152,3 +152,57 @@ def test_prepared_image_tokens_give_the_same_masks(decoder, b):
         prepared = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False, image_tokens=tokens)
     assert_close(prepared[0], plain[0])
     assert_close(prepared[1], plain[1])
+
+
+def _plain_attention(attn, q, k, v):
+    """The official Attention: project, split heads, softmax(q k^T / sqrt(d)) v, merge, project."""
+    heads = attn.num_heads
+
+    def split(x):
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    q, k, v = split(attn.q_proj(q)), split(attn.k_proj(k)), split(attn.v_proj(v))
+    w = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(dim=-1)
+    return attn.out_proj((w @ v).transpose(1, 2).flatten(2))
+
+
+def _plain_two_way(transformer, image, pe, tokens):
+    """The official TwoWayTransformer, written out with `_plain_attention`."""
+    keys = image.flatten(2).transpose(1, 2)
+    key_pe = pe.flatten(2).transpose(1, 2)
+    queries = tokens
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = _plain_attention(layer.self_attn, queries, queries, queries)
+        else:
+            q = queries + tokens
+            queries = queries + _plain_attention(layer.self_attn, q, q, queries)
+        queries = layer.norm1(queries)
+        q, k = queries + tokens, keys + key_pe
+        queries = layer.norm2(queries + _plain_attention(layer.cross_attn_token_to_image, q, k, keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q, k = queries + tokens, keys + key_pe
+        keys = layer.norm4(keys + _plain_attention(layer.cross_attn_image_to_token, k, q, queries))
+    q, k = queries + tokens, keys + key_pe
+    queries = transformer.norm_final_attn(queries + _plain_attention(transformer.final_attn_token_to_image, q, k, keys))
+    return queries, keys
+
+
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("shared_image", [True, False], ids=["prepared-image", "image-per-prompt"])
+def test_two_way_transformer_equals_the_plain_formula(b, shared_image):
+    """The reassociated attentions (image rows never projected per prompt, image-to-token
+    attention as P @ M) give the plain attention's numbers."""
+    transformer = _randomise(TwoWayTransformer(), seed=7).eval()
+    gen = torch.Generator().manual_seed(8)
+    image = torch.randn(1 if shared_image else b, 256, 64, 64, generator=gen)
+    pe = torch.randn(1, 256, 64, 64, generator=gen)
+    tokens = torch.randn(b, 8, 256, generator=gen)
+    with torch.inference_mode():
+        if shared_image:
+            queries, keys = transformer.forward_prepared(transformer.prepare_image(image, pe), tokens)
+        else:
+            queries, keys = transformer(image, pe, tokens)
+        expected_q, expected_k = _plain_two_way(transformer, image.expand(b, -1, -1, -1), pe, tokens)
+    assert_close(queries, expected_q, atol=2e-5, rtol=1e-5)
+    assert_close(keys, expected_k, atol=2e-5, rtol=1e-5)

@@ -52,6 +52,65 @@ class Attention(nn.Module):
         # B heads N d -> B N (heads d)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def attend_rows(self, queries: torch.Tensor, key_rows: torch.Tensor, value_rows: torch.Tensor) -> torch.Tensor:
+        """``forward(queries, key_rows, value_rows)`` for few queries over many rows.
+
+        ``queries`` B x T x C (the tokens), ``key_rows`` and ``value_rows`` (1 or B) x N x C
+        (the image, N = 4096). Reassociated so that the N rows are never projected:
+        ``q_h . (Wk_h x + bk_h) = (Wk_h^T q_h) . x + const`` (the constant cancels in the
+        softmax) and, as each softmax row sums to 1, ``P (X Wv^T + bv) = (P X) Wv^T + bv``.
+        Each side then costs N x C x heads*T instead of N x C x C/2 multiply-adds.
+        """
+        q = self.project_q(queries)  # B heads T d
+        heads, t, d = q.shape[1:]
+        c = queries.shape[-1]
+        # k_proj.weight (heads d) x C -> heads x d x C; (B heads T d) @ (heads d C)
+        qk = (q * d**-0.5) @ self.k_proj.weight.view(heads, d, c)
+        # (B heads*T C) @ (B C N): scores B x heads*T x N, softmax over the N rows
+        p = (qk.flatten(1, 2) @ key_rows.transpose(1, 2)).softmax(dim=-1)
+        pv = (p @ value_rows).unflatten(1, (heads, t))  # B heads T C
+        # (B heads T C) @ (heads C d) + bv -> B heads T d
+        out = pv @ self.v_proj.weight.view(heads, d, c).transpose(1, 2) + self.v_proj.bias.view(heads, 1, d)
+        # B heads T d -> B T (heads d)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def attend_from_rows(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        q: torch.Tensor | None = None,
+        query_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Many rows attending to few tokens, as a product of two thin factors.
+
+        The queries are the rows: projected heads ``q`` (1 or B) x heads x N x d, or the
+        unprojected ``query_rows`` (1 or B) x N x C, whose projection is then folded into
+        the tokens' keys (``(Wq x + bq) . k = x . (Wq^T k) + bq . k``). ``k`` and ``v`` are
+        the tokens' projected heads, B x heads x T x d, T small.
+
+        Returns the attention weights ``P`` (B x N x heads*T) and ``M`` (B x heads*T x C),
+        the values already through ``out_proj``, such that the attention output is
+        ``P @ M + out_proj.bias``: rank heads*T (64) instead of the C/2-wide projections.
+        """
+        heads, t, d = k.shape[1:]
+        k = k * d**-0.5
+        if q is not None:
+            scores = q @ k.transpose(-2, -1)  # B heads N T
+            # B heads N T -> B N heads T -> B N (heads T)
+            scores = scores.transpose(1, 2).flatten(2)
+        else:
+            c = query_rows.shape[-1]
+            # (B heads T d) @ (heads d C) -> B heads T C -> B (heads T) C
+            kq = (k @ self.q_proj.weight.view(heads, d, c)).flatten(1, 2)
+            kb = (k @ self.q_proj.bias.view(heads, d, 1)).flatten(1)  # B (heads T)
+            scores = torch.baddbmm(kb[:, None], query_rows.expand(k.shape[0], -1, -1), kq.transpose(1, 2))
+        p = scores.unflatten(2, (heads, t)).softmax(dim=-1).flatten(2)
+        # out_proj.weight C x (heads d) -> heads x d x C; (B heads T d) @ (heads d C)
+        wo = self.out_proj.weight.t().unflatten(0, (heads, d))
+        m = (v @ wo).flatten(1, 2)  # B (heads T) C
+        return p, m
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``.
 
@@ -137,13 +196,21 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        t2i_k, t2i_v, i2t_q = image_proj if image_proj is not None else self.image_projections(keys, key_pe)
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        queries = self.norm2(queries + t2i.attend(t2i.project_q(queries + query_pe), t2i_k, t2i_v))
+        if image_proj is not None:  # the image side, projected once per image
+            t2i_k, t2i_v, i2t_q = image_proj
+            attn = t2i.attend(t2i.project_q(queries + query_pe), t2i_k, t2i_v)
+            rows = None
+        else:  # projections of the image rows folded into the tokens' side
+            rows, i2t_q = keys + key_pe, None
+            attn = t2i.attend_rows(queries + query_pe, rows, keys)
+        queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
-        attn = i2t.attend(i2t_q, i2t.project_k(queries + query_pe), i2t.project_v(queries))
-        keys = self.norm4(keys + attn)
+        # keys + attention, with the attention as P @ M (rank heads x T, see attend_from_rows)
+        k, v = i2t.project_k(queries + query_pe), i2t.project_v(queries)
+        p, m = i2t.attend_from_rows(k, v, q=i2t_q, query_rows=rows)
+        keys = self.norm4(torch.baddbmm(keys + i2t.out_proj.bias, p, m))
         return queries, keys
 
 
@@ -203,5 +270,5 @@ class TwoWayTransformer(nn.Module):
         first = (image.token_to_image_k, image.token_to_image_v, image.image_to_token_q)
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, first if i == 0 else None)
-        attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        attn = self.final_attn_token_to_image.attend_rows(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
