@@ -21,14 +21,49 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("band_bytes", [1, 2**20, 2**40], ids=["row-bands", "few-bands", "one-band"])
+@pytest.mark.parametrize(
+    ("query_rows", "band_bytes"),
+    [(1, 1), (3, 2**14), (4, 2**40), (100, 2**40)],
+    ids=["one-row-one-head", "rows-and-head-groups", "row-bands", "one-band"],
+)
 @pytest.mark.parametrize("size", [(14, 14), (16, 12)])
-def test_banded_attention_equals_plain_softmax(monkeypatch, band_bytes, size):
+def test_banded_attention_equals_plain_softmax(monkeypatch, query_rows, band_bytes, size):
+    monkeypatch.setattr(ie, "_QUERY_ROWS", query_rows)
     monkeypatch.setattr(ie, "_BIAS_BAND_BYTES", band_bytes)
     attn = _randomise(ie.Attention(dim=32, num_heads=4, input_size=size), seed=0).eval()
     x = torch.randn(2, *size, 32)
     with torch.inference_mode():
         assert_close(attn(x), attn.reference_attention(x), atol=1e-5, rtol=1e-5)
+
+
+def _plain_block(block, x):
+    """The official block: zero-pad and partition into windows, attend, unpartition."""
+    shortcut = x
+    x = block.norm1(x)
+    if block.window_size > 0:
+        h, w = x.shape[1:3]
+        x, padded = ie.window_partition(x, block.window_size)
+        x = ie.window_unpartition(block.attn.reference_attention(x), block.window_size, padded, (h, w))
+    else:
+        x = block.attn.reference_attention(x)
+    x = shortcut + x
+    return x + block.mlp(block.norm2(x))
+
+
+@pytest.mark.parametrize("window", [0, 7], ids=["global", "windowed"])
+@pytest.mark.parametrize("rows", [1024, 5], ids=["one-token-band", "token-bands"])
+def test_block_equals_the_official_order_of_operations(monkeypatch, window, rows):
+    """Bands of windows, only real tokens projected (padding filled with the qkv bias),
+    and the token-wise tail in bands of rows: same numbers as padding and partitioning.
+    A 20 x 9 grid pads both axes for 7 x 7 windows."""
+    monkeypatch.setattr(ie, "_ROWS", rows)
+    size = (20, 9)
+    block = ie.Block(dim=32, num_heads=4, mlp_ratio=2.0, window_size=window,
+                     input_size=size if window == 0 else (window, window))
+    block = _randomise(block, seed=11).eval()
+    x = torch.randn(2, *size, 32)
+    with torch.inference_mode():
+        assert_close(block(x), _plain_block(block, x), atol=2e-5, rtol=1e-5)
 
 
 def test_relative_positions_matter():
