@@ -319,7 +319,7 @@ def conv_transpose_2x2_rows(
     cin, cout = conv.weight.shape[:2]
     # Cin Cout kh kw -> Cin (kh kw Cout)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-    y = torch.matmul(x, weight) + conv.bias.repeat(4)
+    y = F.linear(x, weight.t(), conv.bias.repeat(4))
     # B (h w) (kh kw Cout) -> B h kh w kw Cout -> B (2h 2w) Cout
     y = y.view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 4 * h * w, cout)
     return y, (2 * h, 2 * w)

@@ -66,9 +66,12 @@ class Attention(nn.Module):
         c = queries.shape[-1]
         # k_proj.weight (heads d) x C -> heads x d x C; (B heads T d) @ (heads d C)
         qk = (q * d**-0.5) @ self.k_proj.weight.view(heads, d, c)
-        # (B heads*T C) @ (B C N): scores B x heads*T x N, softmax over the N rows
-        p = (qk.flatten(1, 2) @ key_rows.transpose(1, 2)).softmax(dim=-1)
-        pv = (p @ value_rows).unflatten(1, (heads, t))  # B heads T C
+        # softmax((B heads*T C) @ (B C N)) @ (B N C): one attention "head" of width C,
+        # scale already applied; the fused kernel never writes the heads*T x N weights out
+        pv = F.scaled_dot_product_attention(
+            qk.flatten(1, 2)[:, None], key_rows[:, None], value_rows[:, None], scale=1.0
+        )
+        pv = pv[:, 0].unflatten(1, (heads, t))  # B heads T C
         # (B heads T C) @ (heads C d) + bv -> B heads T d
         out = pv @ self.v_proj.weight.view(heads, d, c).transpose(1, 2) + self.v_proj.bias.view(heads, 1, d)
         # B heads T d -> B T (heads d)
@@ -210,7 +213,8 @@ class TwoWayAttentionBlock(nn.Module):
         # keys + attention, with the attention as P @ M (rank heads x T, see attend_from_rows)
         k, v = i2t.project_k(queries + query_pe), i2t.project_v(queries)
         p, m = i2t.attend_from_rows(k, v, q=i2t_q, query_rows=rows)
-        keys = self.norm4(torch.baddbmm(keys + i2t.out_proj.bias, p, m))
+        keys = torch.add(keys.expand(p.shape[0], -1, -1), i2t.out_proj.bias).baddbmm_(p, m)
+        keys = self.norm4(keys)
         return queries, keys
 
 
