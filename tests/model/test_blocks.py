@@ -241,3 +241,23 @@ def test_two_way_transformer_equals_the_plain_formula(b, shared_image):
         expected_q, expected_k = _plain_two_way(transformer, image.expand(b, -1, -1, -1), pe, tokens)
     assert_close(queries, expected_q, atol=2e-5, rtol=1e-5)
     assert_close(keys, expected_k, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3000], ids=["row-bands", "few-row-bands"])
+def test_tiny_vit_bands_equal_the_whole_image(monkeypatch, band_bytes):
+    """MBConv in bands of rows (one halo row each side) and TinyViT's MLP in bands of
+    tokens give the whole-image numbers, channels-last included."""
+    from napari_sam_hq.model import tiny_vit as tv
+
+    mb = _randomise(tv.MBConv(chans=4, expand_ratio=4.0), seed=12).eval()
+    block = _randomise(tv.TinyViTBlock(dim=8, input_resolution=(9, 11), num_heads=2, window_size=7,
+                                       mlp_ratio=4.0), seed=13).eval()
+    x = torch.randn(2, 4, 13, 10).contiguous(memory_format=torch.channels_last)
+    tokens = torch.randn(2, 9 * 11, 8)
+    with torch.inference_mode():
+        monkeypatch.setattr(tv, "_BAND_BYTES", 2**40)
+        whole_mb, whole_block = mb(x), block(tokens)
+        monkeypatch.setattr(tv, "_BAND_BYTES", band_bytes)
+        banded_mb, banded_block = mb(x), block(tokens)
+    assert_close(banded_mb, whole_mb, atol=1e-5, rtol=1e-5)
+    assert_close(banded_block, whole_block, atol=1e-5, rtol=1e-5)
