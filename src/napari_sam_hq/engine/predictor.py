@@ -18,9 +18,13 @@ from ..model.common import exhaust
 from ..model.sam_hq import SamHQ
 from .transforms import LOW_RES, Frames, resize_longest_side, to_model_rgb
 
-# Prompts decoded per call inside predict_batch. Each holds ~60 MB of activations at
-# 256 x 256 x 64; chunks of 2-4 ran as fast per prompt as 16 here and keep the peak low.
+# Prompts per decoder call. The transformer runs them as one batch (4 MB per prompt and
+# tensor); the mask heads take one prompt at a time anyway. Measured with vit_b on 2 cores:
+# 4 points per call ran fastest for predict_logits (64 points: 2.8 s; 8 per call: 3.3 s,
+# once tensors crossed glibc's 32 MB mmap threshold), and 2 for predict_batch, which also
+# upsamples every mask to full size (50 boxes: 2.2-2.35 s; 4 per call: 2.4-2.5 s).
 DECODE_CHUNK = 4
+MASK_CHUNK = 2
 
 
 @dataclass(frozen=True)
@@ -247,8 +251,8 @@ class SamHQPredictor:
         model = self.model
         out_masks, out_scores, out_low = [], [], []
         with torch.inference_mode():
-            for s in range(0, b, DECODE_CHUNK):
-                sl = slice(s, min(b, s + DECODE_CHUNK))
+            for s in range(0, b, MASK_CHUNK):
+                sl = slice(s, min(b, s + MASK_CHUNK))
                 sparse, dense, mask_t = self._encode_prompts(frames, coords, labels, boxes_in, masks_in, sl)
                 logits, scores = model.mask_decoder(
                     self._embedding,
