@@ -147,6 +147,7 @@ def test_multimask_candidates_are_sorted_and_combine_sam_with_hq(decoder):
         logits, scores = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False)
         hq_only, hq_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=True)
         single, single_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=False, hq_token_only=False)
+        hq_single, hq_single_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=False, hq_token_only=True)
     assert logits.shape == (4, 3, 256, 256)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     for i in range(4):
@@ -157,6 +158,8 @@ def test_multimask_candidates_are_sorted_and_combine_sam_with_hq(decoder):
     assert_close(hq_scores[:, 0], iou[:, 1:].max(dim=1).values)
     assert_close(single, sam[:, :1] + hq_logits)
     assert_close(single_scores[:, 0], iou[:, 0])
+    assert_close(hq_single, hq_logits)
+    assert_close(hq_single_scores[:, 0], iou[:, 0])
 
 
 def test_batchnorm_folding_keeps_tiny_vit_outputs():

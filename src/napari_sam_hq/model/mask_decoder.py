@@ -156,9 +156,12 @@ class MaskDecoderHQ(nn.Module):
         hs, src = self.transformer.forward_prepared(image_tokens, tokens)
         return hs, src, self.iou_prediction_head(hs[:, 0])
 
-    def _logits(self, hs, src, hq_features, hw, *, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM logits ``B x 4 x 256 x 256`` and HQ logits ``B x 1 x 256 x 256`` from the
-        transformer's output tokens ``hs`` and image tokens ``src`` (``B x hw x C``).
+    def _logits(
+        self, hs, src, hq_features, hw, *, fused: bool, sam_tokens: tuple[int, ...] = (0, 1, 2, 3)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM logits ``B x len(sam_tokens) x 256 x 256`` (those SAM output tokens, in that
+        order) and HQ logits ``B x 1 x 256 x 256`` from the transformer's output tokens
+        ``hs`` and image tokens ``src`` (``B x hw x C``).
 
         ``fused=True`` runs the mask heads on pixel rows (``B x HW x C``, the transformer's
         own layout): the 2 x 2 transposed convolutions are matrix products, nothing is
@@ -169,16 +172,16 @@ class MaskDecoderHQ(nn.Module):
         h, w = hw
         src = src.expand(b, -1, -1)
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
+        mlps = self.output_hypernetworks_mlps
         hyper_sam = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
-        )  # B x 4 x 32
+            [mlps[i](mask_tokens_out[:, i]) for i in sam_tokens], dim=1
+        ) if sam_tokens else hs.new_zeros(b, 0, mlps[0].layers[-1].out_features)  # B x T x 32
         hyper_hq = self.hf_mlp(mask_tokens_out[:, self.num_sam_tokens])  # B x 32
         if not fused:
             # B hw C -> B C h w
             upscaled = self.output_upscaling(src.transpose(1, 2).unflatten(2, (h, w)))
             uh, uw = upscaled.shape[-2:]
-            sam_logits = (hyper_sam @ upscaled.flatten(2)).view(b, -1, uh, uw)
+            sam_logits = (hyper_sam @ upscaled.flatten(2)).view(b, len(sam_tokens), uh, uw)
             hq_embedding = self.embedding_maskfeature(upscaled) + hq_features
             hq_logits = (hyper_hq[:, None] @ hq_embedding.flatten(2)).view(b, 1, uh, uw)
             return sam_logits, hq_logits
@@ -190,7 +193,7 @@ class MaskDecoderHQ(nn.Module):
         for i in range(b):
             rows, (uh, uw) = self.upscale_rows(src[i : i + 1], (h, w))  # 1 x HW x 32
             # (1 4 32) @ (1 32 HW): one contiguous plane per mask
-            sam_logits.append((hyper_sam[i : i + 1] @ rows.transpose(1, 2)).view(1, -1, uh, uw))
+            sam_logits.append((hyper_sam[i : i + 1] @ rows.transpose(1, 2)).view(1, len(sam_tokens), uh, uw))
             hq_logits.append(self._hq_logits_fused(rows, (uh, uw), hyper_hq[i : i + 1], hq_features))
         return torch.cat(sam_logits), torch.cat(hq_logits)
 
@@ -201,9 +204,9 @@ class MaskDecoderHQ(nn.Module):
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         x, hw = conv_transpose_2x2_rows(src, hw, conv1)
-        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = _gelu_(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps), act1)
         x, hw = conv_transpose_2x2_rows(x, hw, conv2)
-        return act2(x), hw
+        return _gelu_(x, act2), hw
 
     def _hq_logits_fused(
         self, rows: torch.Tensor, hw: tuple[int, int], hyper_hq: torch.Tensor, hq_features: torch.Tensor
@@ -227,7 +230,7 @@ class MaskDecoderHQ(nn.Module):
         weight = conv1.weight.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, weight, conv1.bias, padding=conv1.padding)
         y = y.permute(0, 2, 3, 1).reshape(b, uh * uw, -1)  # B x HW x 64
-        y = act(F.layer_norm(y, (y.shape[-1],), norm.weight, norm.bias, norm.eps))
+        y = _gelu_(F.layer_norm(y, (y.shape[-1],), norm.weight, norm.bias, norm.eps), act)
         # (B k*k C) @ (B C HW): one contiguous plane per tap, B x k*k x H x W
         z = (taps @ y.transpose(1, 2)).view(b, k * k, uh, uw)
         # Output pixel (i, j) takes tap (ky, kx) at (i + ky - pad, j + kx - pad) where that
@@ -260,15 +263,16 @@ class MaskDecoderHQ(nn.Module):
         fused: bool = True,
         image_tokens: ImageTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring)."""
-        sam, hq, iou = self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            hq_features,
-            fused=fused,
-            image_tokens=image_tokens,
+        """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring).
+
+        Only the SAM masks the selection can return are computed (``_needed_tokens``).
+        """
+        hs, src, iou = self._run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_tokens
+        )
+        sam, hq = self._logits(
+            hs, src, hq_features, image_embeddings.shape[-2:], fused=fused,
+            sam_tokens=_needed_tokens(multimask_output, hq_token_only),
         )
         return _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
 
@@ -303,9 +307,19 @@ class MaskDecoderHQ(nn.Module):
             return iou.new_zeros(0, m, size, size), iou.new_zeros(0, m), keep
         hs, iou = hs[keep], iou[keep]
         src = src if src.shape[0] == 1 else src[keep]
-        sam, hq = self._logits(hs, src, hq_features, image_embeddings.shape[-2:], fused=True)
+        sam, hq = self._logits(
+            hs, src, hq_features, image_embeddings.shape[-2:], fused=True,
+            sam_tokens=_needed_tokens(multimask_output, hq_token_only),
+        )
         logits, scores = _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
         return logits, scores, keep
+
+
+def _gelu_(x: torch.Tensor, act: nn.GELU) -> torch.Tensor:
+    """``act(x)`` written into ``x`` (a fresh intermediate): one 8-17 MB buffer fewer per
+    call in the heads, which is a page-faulting allocation whenever the heap has just been
+    trimmed."""
+    return torch.ops.aten.gelu_(x, approximate=act.approximate)
 
 
 def conv_transpose_2x2_rows(
@@ -330,14 +344,22 @@ def conv_transpose_2x2_rows(
     return y, (2 * h, 2 * w)
 
 
+def _needed_tokens(multimask_output: bool, hq_token_only: bool) -> tuple[int, ...]:
+    """The SAM output tokens whose masks ``_select`` uses."""
+    if hq_token_only:
+        return ()
+    return (1, 2, 3) if multimask_output else (0,)
+
+
 def _select(sam: torch.Tensor, hq: torch.Tensor, iou: torch.Tensor, *, multimask_output: bool, hq_token_only: bool):
-    """Final logits and scores from all heads (module docstring)."""
+    """Final logits and scores (module docstring) from the SAM masks of
+    ``_needed_tokens(multimask_output, hq_token_only)``, the HQ mask and all IoU scores."""
     if multimask_output:
         scores, order = iou[:, 1:].sort(dim=1, descending=True, stable=True)
         if hq_token_only:
             return hq, scores[:, :1]
         index = order[:, :, None, None].expand(-1, -1, *sam.shape[-2:])
-        return sam[:, 1:].gather(1, index) + hq, scores
+        return sam.gather(1, index) + hq, scores
     if hq_token_only:
         return hq, iou[:, :1]
-    return sam[:, :1] + hq, iou[:, :1]
+    return sam + hq, iou[:, :1]
