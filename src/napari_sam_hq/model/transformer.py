@@ -87,10 +87,11 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Many rows attending to few tokens, as a product of two thin factors.
 
-        The queries are the rows: projected heads ``q`` (1 or B) x heads x N x d, or the
-        unprojected ``query_rows`` (1 or B) x N x C, whose projection is then folded into
-        the tokens' keys (``(Wq x + bq) . k = x . (Wq^T k) + bq . k``). ``k`` and ``v`` are
-        the tokens' projected heads, B x heads x T x d, T small.
+        The queries are the rows: projected ``q`` (1 or B) x N x (heads d), met by the
+        tokens' keys as one block-diagonal matrix (one product in the output's layout), or
+        the unprojected ``query_rows`` (1 or B) x N x C, whose projection is then folded
+        into the tokens' keys (``(Wq x + bq) . k = x . (Wq^T k) + bq . k``). ``k`` and ``v``
+        are the tokens' projected heads, B x heads x T x d, T small.
 
         Returns the attention weights ``P`` (B x N x heads*T) and ``M`` (B x heads*T x C),
         the values already through ``out_proj``, such that the attention output is
@@ -99,9 +100,11 @@ class Attention(nn.Module):
         heads, t, d = k.shape[1:]
         k = k * d**-0.5
         if q is not None:
-            scores = q @ k.transpose(-2, -1)  # B heads N T
-            # B heads N T -> B N heads T -> B N (heads T)
-            scores = scores.transpose(1, 2).flatten(2)
+            # B heads T d -> block-diagonal B (heads d) (heads T): head h's keys, transposed,
+            # in block (h, h); (B N heads*d) @ that = scores B x N x (heads T)
+            eye = torch.eye(heads, dtype=k.dtype, device=k.device)
+            blocks = torch.einsum("bhtd,hg->bhdgt", k, eye).reshape(k.shape[0], heads * d, heads * t)
+            scores = torch.matmul(q, blocks)
         else:
             c = query_rows.shape[-1]
             # (B heads T d) @ (heads d C) -> B heads T C -> B (heads T) C
@@ -127,7 +130,8 @@ class ImageTokens(NamedTuple):
     in the predictor, by every call on the same image while no mask prompt is given).
 
     ``keys`` and ``key_pe`` are ``1 x hw x C``; the rest are the first block's projections
-    of the image tokens (``1 x heads x hw x d``), which do not depend on the prompt.
+    of the image tokens, which do not depend on the prompt: token-to-image k and v as heads
+    (``1 x heads x hw x d``), image-to-token q as rows (``1 x hw x heads*d``).
     """
 
     keys: torch.Tensor
@@ -177,7 +181,7 @@ class TwoWayAttentionBlock(nn.Module):
         return (
             self.cross_attn_token_to_image.project_k(k),
             self.cross_attn_token_to_image.project_v(keys),
-            self.cross_attn_image_to_token.project_q(k),
+            self.cross_attn_image_to_token.q_proj(k),  # rows: see attend_from_rows
         )
 
     def forward(
