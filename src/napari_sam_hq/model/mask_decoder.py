@@ -10,8 +10,12 @@ Split for speed, with the same arithmetic as the official module:
 - The HQ mask is ``h . (conv3(y) + hq_features)`` with ``h`` the 32-vector of
   ``hf_mlp`` and ``y`` the activation before ``embedding_maskfeature``'s last 3x3
   convolution. Everything after ``y`` is linear, so ``h`` is folded into that
-  convolution's weights: one output channel per prompt instead of 32. ``fused=False``
-  keeps the plain order of operations; a test checks that both agree.
+  convolution's weights: one output channel per prompt instead of 32.
+- The mask heads run on pixel rows (``B x HW x C``, the transformer's layout), one prompt
+  at a time: the 2 x 2 transposed convolutions are matrix products plus a block shuffle,
+  and only the SAM masks the output uses are computed.
+
+``fused=False`` keeps the official order of operations; tests check that both agree.
 
 Outputs (decided semantics):
 
@@ -173,9 +177,11 @@ class MaskDecoderHQ(nn.Module):
         src = src.expand(b, -1, -1)
         mask_tokens_out = hs[:, 1 : 2 + self.num_sam_tokens]  # SAM tokens, then the HQ token
         mlps = self.output_hypernetworks_mlps
-        hyper_sam = torch.stack(
-            [mlps[i](mask_tokens_out[:, i]) for i in sam_tokens], dim=1
-        ) if sam_tokens else hs.new_zeros(b, 0, mlps[0].layers[-1].out_features)  # B x T x 32
+        if sam_tokens:
+            hyper_sam = torch.stack([mlps[i](mask_tokens_out[:, i]) for i in sam_tokens], dim=1)
+        else:
+            hyper_sam = hs.new_zeros(b, 0, mlps[0].layers[-1].out_features)
+        # hyper_sam: B x len(sam_tokens) x 32
         hyper_hq = self.hf_mlp(mask_tokens_out[:, self.num_sam_tokens])  # B x 32
         if not fused:
             # B hw C -> B C h w
