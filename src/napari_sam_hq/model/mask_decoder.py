@@ -269,16 +269,20 @@ class MaskDecoderHQ(nn.Module):
         fused: bool = True,
         image_tokens: ImageTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring).
-
-        Only the SAM masks the selection can return are computed (``_needed_tokens``).
-        """
+        """Final logits ``B x M x 256 x 256`` and scores ``B x M`` (module docstring)."""
         hs, src, iou = self._run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_tokens
         )
+        return self._outputs(
+            hs, src, iou, hq_features, image_embeddings.shape[-2:],
+            multimask_output=multimask_output, hq_token_only=hq_token_only, fused=fused,
+        )
+
+    def _outputs(self, hs, src, iou, hq_features, hw, *, multimask_output: bool, hq_token_only: bool, fused: bool):
+        """Final logits and scores from the transformer's outputs, computing only the SAM
+        masks the selection can return (``_needed_tokens``)."""
         sam, hq = self._logits(
-            hs, src, hq_features, image_embeddings.shape[-2:], fused=fused,
-            sam_tokens=_needed_tokens(multimask_output, hq_token_only),
+            hs, src, hq_features, hw, fused=fused, sam_tokens=_needed_tokens(multimask_output, hq_token_only)
         )
         return _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
 
@@ -313,11 +317,10 @@ class MaskDecoderHQ(nn.Module):
             return iou.new_zeros(0, m, size, size), iou.new_zeros(0, m), keep
         hs, iou = hs[keep], iou[keep]
         src = src if src.shape[0] == 1 else src[keep]
-        sam, hq = self._logits(
-            hs, src, hq_features, image_embeddings.shape[-2:], fused=True,
-            sam_tokens=_needed_tokens(multimask_output, hq_token_only),
+        logits, scores = self._outputs(
+            hs, src, iou, hq_features, image_embeddings.shape[-2:],
+            multimask_output=multimask_output, hq_token_only=hq_token_only, fused=True,
         )
-        logits, scores = _select(sam, hq, iou, multimask_output=multimask_output, hq_token_only=hq_token_only)
         return logits, scores, keep
 
 
