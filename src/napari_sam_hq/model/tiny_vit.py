@@ -206,17 +206,29 @@ class Attention(nn.Module):
         self.attention_bias_idxs = _offset_indices(self.resolution, device=self.attention_biases.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x N x C`` (N = window area) -> same."""
-        b, n, _ = x.shape
-        qkv = self.qkv(self.norm(x))
-        # B N (heads 3d) -> B N heads 3d -> split -> B heads N d
-        q, k, v = (
-            t.transpose(1, 2)
-            for t in qkv.view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
-        )
-        bias = self.attention_biases[:, self.attention_bias_idxs]  # heads x N x N
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+        """``B x N x C`` (B windows of N = window area tokens) -> same.
+
+        Windows are taken ``_BAND_BYTES`` of q/k/v at a time. The attention is written out
+        (scores, softmax, weighted sum): on these many tiny problems (up to 361 windows x 4
+        heads of 49 x 49, head width 32) that ran 1.7x faster than
+        ``scaled_dot_product_attention`` with the bias as a mask (measured on 2 cores).
+        """
+        b, n, c = x.shape
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(x.dtype)  # heads x N x N
+        out = x.new_empty(b, n, self.proj.out_features)
+        chunk = max(1, _BAND_BYTES // (n * self.qkv.out_features * x.element_size()))
+        for w0 in range(0, b, chunk):
+            w1 = min(b, w0 + chunk)
+            qkv = self.qkv(self.norm(x[w0:w1]))
+            # b N (heads 3d) -> b N heads 3d -> split -> b heads N d
+            q, k, v = (
+                t.transpose(1, 2)
+                for t in qkv.view(w1 - w0, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
+            )
+            scores = torch.matmul(q * self.key_dim**-0.5, k.transpose(-2, -1)) + bias
+            attn = torch.matmul(scores.softmax(dim=-1), v)
+            out[w0:w1] = self.proj(attn.transpose(1, 2).reshape(w1 - w0, n, -1))
+        return out
 
 
 class TinyViTBlock(nn.Module):
