@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
 from napari_sam_hq.model import image_encoder as ie
@@ -36,14 +37,45 @@ def test_banded_attention_equals_plain_softmax(monkeypatch, query_rows, band_byt
         assert_close(attn(x), attn.reference_attention(x), atol=1e-5, rtol=1e-5)
 
 
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The official partition (reference for the tests): ``B x H x W x C`` ->
+    ``(B * nWin) x ws x ws x C``, zero-padding H and W up to ``ws``.
+
+    Returns the windows and the padded ``(Hp, Wp)``.
+    """
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    # B Hp W C -> B nh ws nw ws C -> B nh nw ws ws C
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of ``window_partition``: back to ``B x H x W x C``, padding removed."""
+    hp, wp = padded_hw
+    h, w = hw
+    b = windows.shape[0] // ((hp // window_size) * (wp // window_size))
+    # B nh nw ws ws C -> B nh ws nw ws C -> B Hp Wp C
+    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous() if (hp > h or wp > w) else x
+
+
 def _plain_block(block, x):
     """The official block: zero-pad and partition into windows, attend, unpartition."""
     shortcut = x
     x = block.norm1(x)
     if block.window_size > 0:
         h, w = x.shape[1:3]
-        x, padded = ie.window_partition(x, block.window_size)
-        x = ie.window_unpartition(block.attn.reference_attention(x), block.window_size, padded, (h, w))
+        x, padded = window_partition(x, block.window_size)
+        x = window_unpartition(block.attn.reference_attention(x), block.window_size, padded, (h, w))
     else:
         x = block.attn.reference_attention(x)
     x = shortcut + x
@@ -84,10 +116,10 @@ def test_relative_table_rejects_wrong_input_size():
 @pytest.mark.parametrize("hw", [(64, 64), (14, 14), (20, 9)])
 def test_window_partition_round_trip(hw):
     x = torch.randn(2, *hw, 5)
-    windows, padded = ie.window_partition(x, 14)
+    windows, padded = window_partition(x, 14)
     assert windows.shape[1:] == (14, 14, 5)
     assert padded[0] % 14 == 0 and padded[1] % 14 == 0
-    assert torch.equal(ie.window_unpartition(windows, 14, padded, hw), x)
+    assert torch.equal(window_unpartition(windows, 14, padded, hw), x)
 
 
 def test_layernorm2d_matches_the_official_formula():

@@ -305,32 +305,3 @@ def relative_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
     coords = torch.arange(size, device=rel_pos.device)
     return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
 
-
-def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``B x H x W x C`` -> ``(B * nWin) x ws x ws x C``, zero-padding H and W up to ``ws``.
-
-    Returns the windows and the padded ``(Hp, Wp)``.
-    """
-    b, h, w, c = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    # B Hp W C -> B nh ws nw ws C -> B nh nw ws ws C
-    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
-    return windows, (hp, wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of ``window_partition``: back to ``B x H x W x C``, padding removed."""
-    hp, wp = padded_hw
-    h, w = hw
-    b = windows.shape[0] // ((hp // window_size) * (wp // window_size))
-    # B nh nw ws ws C -> B nh ws nw ws C -> B Hp Wp C
-    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :].contiguous() if (hp > h or wp > w) else x
