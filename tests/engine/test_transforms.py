@@ -98,3 +98,55 @@ def test_frames_map_points_boxes_and_masks():
     full = frames.logits_to_original(logits)
     assert full.shape == (2, 3, 500, 1000)
     assert (full[..., :245, :] > 0.5).all() and (full[..., 255:, :] < 0.5).all()
+
+
+def _official_postprocess(frames: Frames, low_res: torch.Tensor) -> torch.Tensor:
+    """The official chain, written out: 256 -> 1024 bilinear, crop, bilinear to the original."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(low_res, (1024, 1024), mode="bilinear", align_corners=False)
+    up = up[..., : frames.input_size[0], : frames.input_size[1]]
+    if tuple(up.shape[-2:]) == frames.original_size:
+        return up
+    return F.interpolate(up, frames.original_size, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("out_in", [(2000, 1024), (777, 661), (300, 439), (1203, 1024), (5, 205), (1024, 256)])
+def test_bilinear_matrix_is_torch_interpolate_bit_for_bit(out_in):
+    import torch.nn.functional as F
+
+    from napari_sam_hq.engine.transforms import bilinear_matrix
+
+    out, size = out_in
+    eye = torch.eye(size)[None, None]  # each column of the identity is one input pixel
+    ref = F.interpolate(eye, (out, size), mode="bilinear", align_corners=False)[0, 0].double().numpy()
+    np.testing.assert_array_equal(bilinear_matrix(out, size).astype(np.float32), ref)
+
+
+@pytest.mark.parametrize(
+    "hw", [(1024, 1024), (777, 1203), (1500, 2000), (300, 700), (4000, 300), (64, 64), (1, 5)]
+)
+def test_logits_to_original_equals_the_official_chain(hw):
+    frames = Frames.for_image(*hw)
+    low = 8 * torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    ours = frames.logits_to_original(low)
+    ref = _official_postprocess(frames, low)
+    assert ours.shape == ref.shape == (2, 3, *hw)
+    # float32 sums of up to 9 products in another order: rounding only
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=2e-5, rtol=0)
+    sure = ref.abs() > 1e-3
+    assert torch.equal((ours > 0)[sure], (ref > 0)[sure])
+
+
+def test_logits_to_original_dense_path_equals_the_banded_one():
+    """The path for GPUs (two dense products) gives the CPU path's result (both run on the CPU)."""
+    frames = Frames.for_image(777, 1203)
+    low = 8 * torch.randn(1, 2, 256, 256, generator=torch.Generator().manual_seed(1))
+    banded = frames.logits_to_original(low, banded=True)
+    dense = frames.logits_to_original(low, banded=False)
+    np.testing.assert_allclose(banded.numpy(), dense.numpy(), atol=2e-5, rtol=0)
+    for path in (True, False):
+        masks = frames.masks_to_original(low, 0.5, banded=path)
+        assert masks.dtype == torch.bool
+        sure = (banded - 0.5).abs() > 1e-3
+        assert torch.equal(masks[sure], (banded > 0.5)[sure])

@@ -264,8 +264,7 @@ class SamHQPredictor:
                     hq_token_only=hq_token_only,
                     image_tokens=self._image_tokens if mask_t is None else None,
                 )
-                full = frames.logits_to_original(logits.float())
-                out_masks.append((full > model.mask_threshold).cpu().numpy())
+                out_masks.append(frames.masks_to_original(logits.float(), model.mask_threshold).cpu().numpy())
                 out_scores.append(scores.float().cpu().numpy())
                 out_low.append(logits.float().cpu().numpy())
         return BatchPrediction(
