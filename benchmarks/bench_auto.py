@@ -57,6 +57,7 @@ def worker_ours(ckpt: str, n: int, setting: str) -> dict:
 
 def worker_official(ckpt: str, name: str, n: int, setting: str) -> dict:
     from bench_model import _image
+
     from tests.oracles import import_official, refresh_official
 
     sah = import_official()

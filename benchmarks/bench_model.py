@@ -127,7 +127,7 @@ def worker_transformers(ckpt_dir: str, repeats: int) -> dict:
                 input_labels=labels,
                 multimask_output=False,
             )
-            torch.nn.functional.interpolate(out.pred_masks[0], (1024, 1024), mode="bilinear") > 0
+            return torch.nn.functional.interpolate(out.pred_masks[0], (1024, 1024), mode="bilinear") > 0
 
         t_one = _time(one, 5 * repeats)
     return {"set_image": t_embed, "one_point": t_one}
@@ -139,7 +139,8 @@ def run_worker(script: str, args: list[str]) -> dict | None:
         [sys.executable, script, *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     if proc.returncode != 0:
-        print(f"  ({args[1]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
+        print(f"  ({args[1]} failed: {reason})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -91,8 +91,12 @@ def main() -> None:
                 kw = dict(prompt)
                 if kw.get("mask_input") == "previous":
                     kw["mask_input"] = ours.predict(**prompt_kinds(h, w)["box"]).low_res_logits[:1]
-                fo = lambda: official.predict(**kw, multimask_output=multimask)  # noqa: E731
-                fu = lambda: ours.predict(**kw, multimask_output=multimask)  # noqa: E731
+                def fo(kw=kw, multimask=multimask):
+                    return official.predict(**kw, multimask_output=multimask)
+
+                def fu(kw=kw, multimask=multimask):
+                    return ours.predict(**kw, multimask_output=multimask)
+
                 with torch.inference_mode():
                     fo(), fu()  # warm-up
                     t_o, t_u = [], []

@@ -92,9 +92,8 @@ def worker_ours(ckpt: str, store_dir: str, n: int) -> dict:
 
 
 def worker_official(ckpt: str, name: str, n: int) -> dict:
-    from tests.oracles import import_official, refresh_official
-
     from napari_sam_hq.engine import to_model_rgb
+    from tests.oracles import import_official, refresh_official
 
     sah = import_official()
     model = sah.sam_model_registry[name]()
@@ -148,7 +147,8 @@ def main() -> None:
             print(f"  first prompt (cold)     {ours['first_prompt_s']:8.2f} s  (load + one slice + one prompt)")
             line = f"  throughput              {ours['slices_per_s']:8.3f} slices/s"
             if official:
-                line += f" | official {official['slices_per_s']:.3f} slices/s (ratio {ours['slices_per_s'] / official['slices_per_s']:.2f}x)"
+                ratio = ours["slices_per_s"] / official["slices_per_s"]
+                line += f" | official {official['slices_per_s']:.3f} slices/s (ratio {ratio:.2f}x)"
             print(line)
             print(f"  recompute whole stack   {ours['recompute_s']:8.2f} s")
             print(

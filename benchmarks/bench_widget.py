@@ -69,7 +69,7 @@ def main() -> None:
             before = preview.data
             t = time.perf_counter()
             points.add(rng.uniform(100, 900, 2))
-            spin(lambda: widget._decode_worker is None and preview.data is not before)
+            spin(lambda before=before: widget._decode_worker is None and preview.data is not before)
             if i:  # the first one warms up
                 times.append(time.perf_counter() - t)
         ms = sorted(1000 * v for v in times)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .oracles import noisy_state_dict
 
 HF_SIZES = {
@@ -38,7 +36,7 @@ def random_hf_model(name: str, *, seed: int, folder: Path | None = None):
         mask_decoder_config=dict(vit_dim=hidden),
     )
     model = SamHQModel(config).eval()
-    model.load_state_dict(noisy_state_dict(model, seed=seed), strict=False)
+    model.load_state_dict(noisy_state_dict(model, seed=seed), strict=True)
     if folder is not None:
         model.save_pretrained(folder)
     return model

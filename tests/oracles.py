@@ -117,7 +117,7 @@ def import_official():
 
 def official_vit(*, embed_dim: int, depth: int, num_heads: int, global_attn_indexes) -> nn.Module:
     """An official ``Sam`` with a ViT encoder of any size (the official builder, other numbers)."""
-    sah = import_official()
+    import_official()
     import importlib
 
     return importlib.import_module("segment_anything_hq.build_sam")._build_sam(

@@ -78,7 +78,9 @@ def test_embed_is_resumable_and_fills_the_store(ckpt, tmp_path, capsys):
 def test_segment_from_napari_csvs_writes_one_id_per_object(ckpt, tmp_path):
     stack = np.stack([blob_image(80, 100, seed=s, channels=1) for s in range(3)])
     tifffile.imwrite(tmp_path / "img.tif", stack)
-    pts = _save_points(tmp_path / "p.csv", [[0, 40, 50], [0, 10, 10], [2, 40, 50]], ["positive", "negative", "positive"])
+    pts = _save_points(
+        tmp_path / "p.csv", [[0, 40, 50], [0, 10, 10], [2, 40, 50]], ["positive", "negative", "positive"]
+    )
     boxes = _save_boxes(tmp_path / "b.csv", [([1, 5, 5], [1, 40, 60]), ([1, 45, 30], [1, 75, 95])])
     out = tmp_path / "labels.tif"
     assert main(["segment", str(tmp_path / "img.tif"), "--model", ckpt, "--device", "cpu",
@@ -194,7 +196,8 @@ def test_batch_serial_resumes_and_reports_bad_files(ckpt, tmp_path, capsys):
 def test_batch_on_a_dask_local_cluster_equals_serial(ckpt, tmp_path):
     data, prompts = _batch_inputs(tmp_path)
     common = ["--model", ckpt, "--device", "cpu", "--prompts-dir", str(prompts), "--store", "none"]
-    assert main(["batch", str(data / "*.tif"), *common, "--out-dir", str(tmp_path / "serial"), "--scheduler", "serial"]) == 0
+    serial = ["--out-dir", str(tmp_path / "serial"), "--scheduler", "serial"]
+    assert main(["batch", str(data / "*.tif"), *common, *serial]) == 0
     proc = subprocess.run(
         [sys.executable, "-m", "napari_sam_hq.cli", "batch", str(data / "*.tif"), *common,
          "--out-dir", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2"],

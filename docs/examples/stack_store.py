@@ -29,7 +29,7 @@ stack = stack.clip(0, 65535).astype(np.uint16)
 root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "cells3d.sam-hq.zarr")
 session = SegmentationSession(model, stack, store=EmbeddingStore(root))
 
-for fraction, key in session.iter_embed([(4,)]):  # the slice we look at first
+for _fraction, _key in session.iter_embed([(4,)]):  # the slice we look at first
     pass
 [obj] = session.segment((4,), [{"point_coords": [[128, 128]], "point_labels": [1]}])
 print("slice 4:", obj.mask.sum(), "pixels, score", round(obj.score, 3))

@@ -205,8 +205,7 @@ def cmd_embed(args) -> int:
 
 def cmd_segment(args) -> int:
     from .engine.batch import labels_from_prompts
-    from .engine.io import InputError, UnreadableInput, prompts_by_slice, read_boxes_csv, read_points_csv
-    from .engine.io import write_labels
+    from .engine.io import InputError, UnreadableInput, prompts_by_slice, read_boxes_csv, read_points_csv, write_labels
 
     if not args.points and not args.boxes:
         raise CliError("give --points and/or --boxes (CSV files saved from napari layers)", EXIT_USAGE)

@@ -97,14 +97,15 @@ class FakePredictor:
             c = comps[int(np.clip(round(y), 0, 1023)), int(np.clip(round(x), 0, 1023))]
             mask = comps == c if c else np.zeros_like(fg)
             if pts is not None:
-                for (px, py), lab in zip(pts, labels):
+                for (px, py), lab in zip(pts, labels, strict=True):
                     n = comps[int(np.clip(round(py), 0, 1023)), int(np.clip(round(px), 0, 1023))]
                     if lab == 0 and n:
                         mask &= comps != n
             if box is not None:
                 gx, gy = (box[2] - box[0]) / 4 + 2, (box[3] - box[1]) / 4 + 2
                 keep = np.zeros_like(mask)
-                keep[int(max(0, box[1] - gy)) : int(box[3] + gy) + 1, int(max(0, box[0] - gx)) : int(box[2] + gx) + 1] = True
+                rows = slice(int(max(0, box[1] - gy)), int(box[3] + gy) + 1)
+                keep[rows, int(max(0, box[0] - gx)) : int(box[2] + gx) + 1] = True
                 mask &= keep
             logits = np.where(mask, 40.0, -40.0).astype(np.float32)  # sharp: stable masks
             lows.append(logits.reshape(256, 4, 256, 4).mean(axis=(1, 3)))

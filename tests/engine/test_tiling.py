@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def test_grid_covers_the_plane_with_at_least_the_overlap():
     ys = sorted({t.y0 for t in tiles[:-1]})
     xs = sorted({t.x0 for t in tiles[:-1]})
     assert ys == [0, 768, 1536, 2304, 3072] and xs[0] == 0 and xs[-1] == 3000 - 1024
-    assert all(b - a <= 1024 - 256 for a, b in zip(xs, xs[1:]))
+    assert all(b - a <= 1024 - 256 for a, b in pairwise(xs))
     assert all(t.y1 - t.y0 == 1024 and t.x1 - t.x0 == 1024 for t in tiles[:-1])
     assert TileGrid((1024, 700)).tiles == [Tile(0, 0, 1024, 700)]
     with pytest.raises(ValueError, match="overlap"):

@@ -207,7 +207,7 @@ def test_batchnorm_folding_keeps_tiny_vit_outputs():
     assert not any(k.endswith("running_var") for k in folded.state_dict())
     x = torch.rand(1, 3, 1024, 1024) * 255
     with torch.inference_mode():
-        for a, b in zip(plain.encode(x), folded.encode(x)):
+        for a, b in zip(plain.encode(x), folded.encode(x), strict=True):
             assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

@@ -48,7 +48,7 @@ def test_official_pth_round_trip(tmp_path, tiny_pair):
     assert model.checkpoint_id == content_id and len(content_id) == 16
     x = torch.rand(1, 3, 1024, 768) * 255
     with torch.inference_mode():
-        for a, b in zip(model.encode(x), tiny_pair.ours.encode(x)):
+        for a, b in zip(model.encode(x), tiny_pair.ours.encode(x), strict=True):
             torch.testing.assert_close(a, b)
 
 

@@ -100,7 +100,9 @@ def test_batched_boxes_match_the_official_batch(small_pair):
     boxes = np.stack([x0, y0, x0 + rng.uniform(20, 290, 20), y0 + rng.uniform(20, 190, 20)], axis=1)
     boxes_t = official.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
     with torch.inference_mode():
-        logits_o, scores_o, low_o = official.predict_torch(None, None, boxes=boxes_t, multimask_output=False, return_logits=True)
+        logits_o, scores_o, low_o = official.predict_torch(
+            None, None, boxes=boxes_t, multimask_output=False, return_logits=True
+        )
     got = ours.predict_batch(boxes=boxes)
     assert got.masks.shape == (20, 1, 400, 600)
     np.testing.assert_allclose(got.low_res_logits, low_o.numpy(), atol=LOGIT_ATOL, rtol=0)

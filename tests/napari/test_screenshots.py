@@ -15,7 +15,7 @@ from skimage import data, io
 
 from napari_sam_hq._napari import constants as C
 
-from .test_widget import _embed, _wait_preview, _widget, checkpoint  # noqa: F401 - fixture
+from .test_widget import _embed, _wait_preview, _widget
 
 pytestmark = pytest.mark.gui
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -30,7 +30,7 @@ def _save(image: np.ndarray, name: str, tmp_path: Path) -> None:
         io.imsave(DOCS / name, image, check_contrast=False)
 
 
-def test_user_guide_screenshots(make_napari_viewer, qtbot, checkpoint, tmp_path):  # noqa: F811
+def test_user_guide_screenshots(make_napari_viewer, qtbot, checkpoint, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1200, 800)
     viewer.add_image(data.cell(), name="cells")

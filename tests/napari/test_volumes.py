@@ -9,7 +9,7 @@ import pytest
 from napari_sam_hq._napari import constants as C
 
 from ..conftest import blob_image
-from .test_widget import TIMEOUT, _embed, _ready, _wait_preview, _widget, checkpoint  # noqa: F401
+from .test_widget import TIMEOUT, _embed, _ready, _wait_preview, _widget
 
 pytestmark = pytest.mark.gui
 

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT = 60_000
 
 
-@pytest.fixture
-def checkpoint(small_checkpoint) -> str:
-    return small_checkpoint
-
-
 def _widget(viewer, checkpoint) -> SamHQWidget:
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
     assert isinstance(widget, SamHQWidget)
@@ -233,7 +228,8 @@ def test_keyboard_shortcuts_are_bound(make_napari_viewer, checkpoint):
     _widget(viewer, checkpoint)
     bound = {str(k) for k in viewer.keymap}
     for key in (C.KEY_COMMIT, C.KEY_NEGATIVE, C.KEY_CLEAR):
-        assert any(key.replace("-", "").lower() in b.replace("-", "").replace("+", "").lower() for b in bound), (key, bound)
+        plain = key.replace("-", "").lower()
+        assert any(plain in b.replace("-", "").replace("+", "").lower() for b in bound), (key, bound)
 
 
 def test_4d_data_is_segmented_per_yx_plane(make_napari_viewer, qtbot, checkpoint):

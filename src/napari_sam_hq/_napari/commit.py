@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 PreviewObjects = dict[SliceKey, list[tuple[np.ndarray, float, bool]]]
 
 
-def write_objects(target: napari.layers.Labels, objects: PreviewObjects, *, overwrite: bool) -> dict[int, list[SliceKey]]:
+def write_objects(
+    target: napari.layers.Labels, objects: PreviewObjects, *, overwrite: bool
+) -> dict[int, list[SliceKey]]:
     """Write ``objects`` into ``target`` as new label ids; returns ``{id: slices written}``.
 
     One undo step (``block_history``). An object of points only is the same object on

@@ -102,7 +102,7 @@ def collect_prompts(
             by_slice[key].points.append((x, y))
             by_slice[key].labels.append(0 if negative else 1)
     if boxes is not None:
-        for verts, kind in zip(boxes.data, boxes.shape_type):
+        for verts, kind in zip(boxes.data, boxes.shape_type, strict=True):
             verts = np.asarray(verts)
             if kind != "rectangle":
                 warnings.append(f"a {kind} in the boxes layer was ignored: only rectangles are boxes")

@@ -51,6 +51,13 @@ def _tool_target(host, running, busy: str, missing: str):
         return None
 
 
+def _show_progress(host, message: tuple[float, str]) -> None:
+    """A tool worker's ``(fraction, text)`` on the widget's progress bar and status line."""
+    fraction, text = message
+    host.progress_bar.setValue(int(1000 * fraction))
+    host.status_label.setText(text)
+
+
 def _unit_spin(value: float, step: float, tip: str = "") -> QDoubleSpinBox:
     spin = QDoubleSpinBox()
     spin.setRange(0.0, 1.0)
@@ -98,7 +105,9 @@ class PropagationTool:
         if image is not None and leading_ndim(image) == 0:
             show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
             return None
-        found = _tool_target(self, self._propagate_worker, "a propagation", "compute embeddings and commit an object first")
+        found = _tool_target(
+            self, self._propagate_worker, "a propagation", "compute embeddings and commit an object first"
+        )
         if found is None:
             return None
         image, target = found
@@ -127,7 +136,7 @@ class PropagationTool:
             return None
         settings = PropagationSettings(score_threshold=self.score_spin.value(), iou_threshold=self.iou_spin.value())
         worker = self._propagate_job(self.session(image), seeds, axis, here, settings)
-        worker.yielded.connect(lambda m: (self.progress_bar.setValue(int(1000 * m[0])), self.status_label.setText(m[1])))
+        worker.yielded.connect(lambda message: _show_progress(self, message))
         worker.returned.connect(lambda found: self._on_propagated(target, prefix, found, slices, seeds))
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_propagate_finished)
@@ -224,7 +233,7 @@ class SegmentEverythingTool:
             show_info("SAM-HQ: whole-stack linking works along one slicing axis; segmenting this slice only")
         keys = None if whole else [here]
         worker = self._auto_job(self.session(image), keys, self.auto_settings())
-        worker.yielded.connect(lambda m: (self.progress_bar.setValue(int(1000 * m[0])), self.status_label.setText(m[1])))
+        worker.yielded.connect(lambda message: _show_progress(self, message))
         worker.returned.connect(lambda labels: self._on_auto_done(target, () if whole else here, labels))
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_auto_finished)

@@ -418,7 +418,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             return None
         if keys is None:
             here = current_key(self.viewer, layer)
-            keys = sorted(all_keys(layer), key=lambda k: (sum(abs(a - b) for a, b in zip(k, here)), k))
+            keys = sorted(all_keys(layer), key=lambda k: (sum(abs(a - b) for a, b in zip(k, here, strict=True)), k))
         if self._embed_worker is not None:
             self._enqueue(layer, keys)
             return self._embed_worker
@@ -566,7 +566,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             except ValueError as err:  # a prompt the engine refuses: say which, keep the rest
                 out[key] = ("error", str(err))
                 continue
-            out[key] = [(r.mask, r.score, "box" not in o) for r, o in zip(results, objects)]
+            out[key] = [(r.mask, r.score, "box" not in o) for r, o in zip(results, objects, strict=True)]
         return out
 
     def _on_decoded(self, result: dict) -> None:

@@ -184,7 +184,7 @@ def _near_inner_edge(box, crop: Tile, shape_hw, atol: float = 20.0) -> bool:
     h, w = shape_hw
     crop_box = (crop.x0, crop.y0, crop.x1, crop.y1)
     plane_box = (0, 0, w, h)
-    return any(abs(b - c) <= atol and abs(b - p) > atol for b, c, p in zip(box, crop_box, plane_box))
+    return any(abs(b - c) <= atol and abs(b - p) > atol for b, c, p in zip(box, crop_box, plane_box, strict=True))
 
 
 def remove_small_regions(mask: np.ndarray, min_area: int, *, mode: str) -> tuple[np.ndarray, bool]:
@@ -238,7 +238,7 @@ def iter_generate_masks(
     total = sum(math.ceil(len(g) / settings.points_per_batch) for g in per_crop) + 1
     done = 0
     everything: list[AutoMask] = []
-    for (tile, _layer), grid in zip(crops, per_crop):
+    for (tile, _layer), grid in zip(crops, per_crop, strict=True):
         predictor = session.tile_predictor(key, tile, lookup)
         ch, cw = tile.y1 - tile.y0, tile.x1 - tile.x0
         points = grid * np.array([cw, ch])  # crop frame (x, y)
@@ -343,7 +343,7 @@ def relabel_raster(labels: np.ndarray) -> np.ndarray:
     """Ids 1..N in raster order of each object's first pixel (0 stays 0)."""
     flat = labels.ravel()
     ids, first = np.unique(flat, return_index=True)
-    order = [int(i) for _, i in sorted(zip(first, ids)) if i != 0]
+    order = [int(i) for _, i in sorted(zip(first, ids, strict=True)) if i != 0]
     lut = np.zeros(int(flat.max()) + 1 if flat.size else 1, np.int64)
     lut[order] = np.arange(1, len(order) + 1)
     return lut[labels]
@@ -392,10 +392,10 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, int]]:
     if not both.any():
         return []
     pairs, counts = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
-    area_a = dict(zip(*np.unique(a[a > 0], return_counts=True)))
-    area_b = dict(zip(*np.unique(b[b > 0], return_counts=True)))
+    area_a = dict(zip(*np.unique(a[a > 0], return_counts=True), strict=True))
+    area_b = dict(zip(*np.unique(b[b > 0], return_counts=True), strict=True))
     out = []
-    for (ia, ib), inter in zip(pairs.T, counts):
+    for (ia, ib), inter in zip(pairs.T, counts, strict=True):
         union = area_a[ia] + area_b[ib] - inter
         out.append((float(inter / union), int(ia), int(ib)))
     return out

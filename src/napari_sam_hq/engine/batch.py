@@ -53,7 +53,7 @@ def labels_from_prompts(session, objects_by_slice: dict[tuple[int, ...], list[di
         objects = objects_by_slice[key]
         results = session.segment(key, objects, multimask_output=multimask_output, hq_token_only=hq_token_only)
         plane = labels[key] if key else labels
-        for obj, res in zip(objects, results):
+        for obj, res in zip(objects, results, strict=True):
             if "box" not in obj:
                 if points_id is None:
                     points_id, next_id = next_id, next_id + 1

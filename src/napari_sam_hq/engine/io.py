@@ -186,7 +186,7 @@ def prompts_by_slice(
 
     def key_of(coord: np.ndarray) -> SliceKey:
         key = tuple(int(round(c)) for c in coord[:n])
-        if any(not 0 <= k < s for k, s in zip(key, image.lead_shape)):
+        if any(not 0 <= k < s for k, s in zip(key, image.lead_shape, strict=True)):
             raise InputError(f"{source}: a prompt on slice {key} is outside the stack of {image.lead_shape} slices")
         return key
 
@@ -227,7 +227,9 @@ def prompts_by_slice(
         rest = ~used
         groups = [p[3] for p in pts]
         if rest.any():
-            names = [None] if all(g is None for g in groups) else sorted({g for g, r in zip(groups, rest) if r})
+            names = [None]
+            if any(g is not None for g in groups):
+                names = sorted({g for g, r in zip(groups, rest, strict=True) if r})
             for name in names:
                 sel = rest & np.array([g == name for g in groups]) if name is not None else rest
                 if (lab[sel] == 1).any():

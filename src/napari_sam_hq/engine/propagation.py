@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -120,7 +121,7 @@ def iter_propagate(
         order = sorted(planes)
         bounds = [(order[0], -1, max(0, order[0] - limit))]
         bounds += [(order[-1], +1, min(length - 1, order[-1] + limit))]
-        for a, b in zip(order, order[1:]):
+        for a, b in pairwise(order):
             if b - a > 1:
                 bounds += [(a, +1, b - 1), (b, -1, a + 1)]
         for seed, step, stop in bounds:
@@ -148,7 +149,7 @@ def iter_propagate(
                     obj.update(mask_input=t.prev.low_res_logits, tile=t.prev.tile)
                 objects.append(obj)
             results = session.segment(key_at(z), objects)
-            for t, res in zip(group, results):
+            for t, res in zip(group, results, strict=True):
                 done += 1
                 t.position = z
                 ended = (

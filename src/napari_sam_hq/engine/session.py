@@ -93,7 +93,7 @@ class SegmentationSession:
 
     def check_key(self, key: SliceKey) -> SliceKey:
         key = tuple(int(k) for k in key)
-        if len(key) != len(self.lead_shape) or any(not 0 <= k < n for k, n in zip(key, self.lead_shape)):
+        if len(key) != len(self.lead_shape) or any(not 0 <= k < n for k, n in zip(key, self.lead_shape, strict=True)):
             raise IndexError(f"slice {key} is not in a stack of shape {self.lead_shape}")
         return key
 
@@ -203,7 +203,8 @@ class SegmentationSession:
         predictor = self._factory(self.model)
         if emb is None:
             predictor.set_image(pixels, contrast_limits=limits)
-            self.store.put(self.model_id, entry, predictor.get_image_embedding(early=False), slice_key=key, tile=tile.box)
+            emb = predictor.get_image_embedding(early=False)
+            self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
         else:
             predictor.set_image_embedding(emb)
         with self._lock:
@@ -256,7 +257,7 @@ class SegmentationSession:
             for (tile, has_box, n_points, use_mask), members in groups.items():
                 out = self._decode(key, lookup, tile, [objects[i] for i in members], has_box, n_points,
                                    use_mask, multimask_output, hq_token_only)
-                for i, result in zip(members, out):
+                for i, result in zip(members, out, strict=True):
                     tried[i] += (tile,)
                     results[i] = result
                     if not self.is_whole(tile) and tile.touches_inner_edge(

@@ -24,7 +24,8 @@ Layout (zarr v3, one directory per entry)::
 An entry is written under a temporary name and renamed into place, so a crash mid-write
 leaves no entry that looks complete, and a partly filled store resumes where it stopped.
 Chunks carry zstd checksums; an entry that fails to read (truncated, corrupt, wrong shape)
-(or has a missing chunk: arrays are filled with NaN) is reported with a ``StoreWarning``, deleted and recomputed by the caller.
+(or has a missing chunk: arrays are filled with NaN) is reported with a ``StoreWarning``,
+deleted and recomputed by the caller.
 
 Only ``max_in_memory`` entries stay in RAM (least recently used first out).
 """
@@ -276,4 +277,5 @@ class EmbeddingStore:
         """Keys of the complete entries of ``model`` on disk."""
         if self.root is None or not (self.root / model).is_dir():
             return []
-        return sorted(p.name for p in (self.root / model).iterdir() if (p / "zarr.json").is_file() and not p.name.startswith("."))
+        entries = (self.root / model).iterdir()
+        return sorted(p.name for p in entries if (p / "zarr.json").is_file() and not p.name.startswith("."))

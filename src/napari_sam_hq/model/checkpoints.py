@@ -120,7 +120,9 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, str]:
     cfg = json.loads(config.read_text())
     if cfg.get("model_type") != "sam_hq":
         kind = cfg.get("model_type", "unknown")
-        hint = " (plain SAM, not SAM-HQ: use a SAM-HQ checkpoint such as syscv-community/sam-hq-vit-base)" if kind == "sam" else ""
+        hint = ""
+        if kind == "sam":
+            hint = " (plain SAM, not SAM-HQ: use a SAM-HQ checkpoint such as syscv-community/sam-hq-vit-base)"
         raise CheckpointError(f"{folder}/config.json describes model_type {kind!r}, not 'sam_hq'{hint}")
     index = folder / "model.safetensors.index.json"
     if index.exists():
@@ -184,7 +186,10 @@ _HF_RULES: list[tuple[str, str]] = [
 ]
 _HF_RULES_RE = [(re.compile(a), b) for a, b in _HF_RULES]
 # HF MLPs name their layers proj_in, layers.0..n-3, proj_out; ours are layers.0..n-1.
-_HF_MLP = re.compile(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|hf_mlp))\.(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$")
+_HF_MLP = re.compile(
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|hf_mlp))"
+    r"\.(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$"
+)
 # Copies of tied weights that HF may save besides the one we map.
 _HF_TIED = ("prompt_encoder.shared_embedding.positional_embedding",)
 
