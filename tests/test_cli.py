@@ -75,6 +75,53 @@ def test_embed_is_resumable_and_fills_the_store(ckpt, tmp_path, capsys):
     assert "0 encoded, 3 already stored" in capsys.readouterr().out
 
 
+_PROBE = """
+import json, sys
+from napari_sam_hq.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "torch": "torch" in sys.modules}))
+"""
+
+
+def _probe(args: list[str], env: dict) -> dict:
+    """Run the CLI in a fresh process; its exit code and whether it imported torch."""
+    import json
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "out": proc.stdout}
+
+
+def test_help_and_a_store_reusing_embed_never_import_torch(ckpt, tmp_path):
+    """--help builds the parser without torch; a second embed finds every tile stored and the
+    checkpoint's identity recorded, so it neither loads the model nor imports torch. A changed
+    checkpoint file is loaded again, not trusted."""
+    import os
+    import shutil
+
+    env = {"NAPARI_SAM_HQ_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from napari_sam_hq.cli import build_parser; "
+                           "build_parser().format_help(); print('torch' in sys.modules)"],
+                          capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.stdout.strip() == "False", proc.stderr
+    model = tmp_path / "model.pth"
+    shutil.copy(ckpt, model)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([blob_image(48, 64, seed=s, channels=1) for s in range(2)]))
+    args = ["embed", str(tmp_path / "stack.tif"), "--model", str(model), "--device", "cpu",
+            "--store", str(tmp_path / "emb.zarr")]
+    first = _probe(args, env)
+    assert first["rc"] == 0 and first["torch"] and "2 encoded" in first["out"]
+    second = _probe(args, env)
+    assert second["rc"] == 0 and not second["torch"], second["out"]
+    assert "0 encoded, 2 already stored" in second["out"] and "the model was not needed" in second["out"]
+    st = model.stat()
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file "changed"
+    third = _probe(args, env)
+    assert third["rc"] == 0 and third["torch"] and "0 encoded" in third["out"]
+
+
 def test_segment_from_napari_csvs_writes_one_id_per_object(ckpt, tmp_path):
     stack = np.stack([blob_image(80, 100, seed=s, channels=1) for s in range(3)])
     tifffile.imwrite(tmp_path / "img.tif", stack)

@@ -49,3 +49,34 @@ def test_npe2_manifest_validates_with_imports():
     out = subprocess.run(npe2, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "napari_sam_hq.model",
+        "napari_sam_hq.model.lazy",
+        "napari_sam_hq.engine",
+        "napari_sam_hq.engine.session",
+        "napari_sam_hq.engine.store",
+        "napari_sam_hq.engine.settings",
+        "napari_sam_hq.cli",
+    ],
+)
+def test_what_a_store_reusing_run_needs_does_not_import_torch(module):
+    """Torch takes ~1.5 s to import: the packages and the modules a run that finds everything
+    stored uses load without it (their torch-using names are imported on first use)."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", f"{module} imported torch"
+
+
+def test_lazy_package_names_resolve():
+    import napari_sam_hq.engine as engine
+    import napari_sam_hq.model as model
+
+    for package in (engine, model):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+        with pytest.raises(AttributeError):
+            package.no_such_name  # noqa: B018

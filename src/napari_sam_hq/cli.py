@@ -61,7 +61,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_auto_options(p: argparse.ArgumentParser) -> None:
-    from .engine.automatic import AutoSettings
+    from .engine.settings import AutoSettings  # torch-free: --help stays quick
 
     d = AutoSettings()
     g = p.add_argument_group("automatic segmentation")
@@ -77,7 +77,7 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
 
 
 def _auto_settings(args):
-    from .engine.automatic import AutoSettings
+    from .engine.settings import AutoSettings
 
     try:
         return AutoSettings(
@@ -155,22 +155,35 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-def _load(args):
+def _load(args, *, lazy: bool = False):
+    """The image and the model. ``lazy``: a ``LazyModel`` that loads only when a tile must be
+    encoded (its name and checkpoint id are known from an earlier load of the same file)."""
     from .engine.io import InputError, read_image
-    from .model import load_model
-    from .model.checkpoints import CheckpointError
+    from .model.lazy import LazyModel
 
     try:
         image = read_image(args.image, channel_axis=args.channel_axis, channel=args.channel)
     except InputError as err:
         raise CliError(str(err), EXIT_INPUT) from err
     try:
-        model = load_model(args.model, device=args.device)
+        model = LazyModel(args.model, device=args.device)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CliError(str(err).splitlines()[0], EXIT_ERROR) from err
+    if not (lazy and model.identity_known):
+        _load_now(model)
+    return image, model
+
+
+def _load_now(model) -> None:
+    """Load ``model`` (a ``LazyModel``), turning a bad checkpoint into a CLI error."""
+    from .model.errors import CheckpointError
+
+    try:
+        model.load()
     except CheckpointError as err:
         raise CliError(str(err), EXIT_INPUT) from err
     except (RuntimeError, ValueError, OSError) as err:
         raise CliError(str(err).splitlines()[0], EXIT_ERROR) from err
-    return image, model
 
 
 def _session(args, image, model):
@@ -186,20 +199,27 @@ def _session(args, image, model):
 
 
 def cmd_embed(args) -> int:
-    image, model = _load(args)
+    from .model.download import DownloadError
+    from .model.errors import CheckpointError
+
+    image, model = _load(args, lazy=True)
     session = _session(args, image, model)
     bar = Progress("embed")
     t0 = time.perf_counter()
-    gen = session.iter_embed()
+    gen = session.iter_embed()  # the session loads the model at the first tile it must encode
     try:
         while True:
             fraction, key = next(gen)
             bar(fraction, f"slice {key}" if key else "")
     except StopIteration as stop:
         encoded = stop.value
+    except (CheckpointError, DownloadError) as err:
+        code = EXIT_INPUT if isinstance(err, CheckpointError) else EXIT_ERROR
+        raise CliError(str(err).splitlines()[0], code) from err
     n = len(session.keys) * len(session.grid_tiles())
     print(f"{n} tile(s) of {len(session.keys)} slice(s): {encoded} encoded, {n - encoded} already stored "
-          f"({time.perf_counter() - t0:.1f} s); store {session.store.root or 'RAM'}")
+          f"({time.perf_counter() - t0:.1f} s); store {session.store.root or 'RAM'}"
+          + ("" if model.loaded else "; the model was not needed"))
     return EXIT_OK
 
 

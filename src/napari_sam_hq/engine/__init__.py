@@ -1,13 +1,38 @@
-"""The SAM-HQ engine: numpy in, numpy out; torch inside; no Qt, no napari."""
+"""The SAM-HQ engine: numpy in, numpy out; torch inside; no Qt, no napari.
 
-from .predictor import BatchPrediction, ImageEmbedding, Prediction, SamHQPredictor
-from .propagation import PropagationSettings, iter_propagate, seeds_from_labels, write_propagation
-from .session import ObjectMask, SegmentationSession
-from .store import EmbeddingStore, StoreWarning, default_store_root
-from .tiling import Tile, TileGrid
-from .transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
+Names are exported lazily (PEP 562): ``import napari_sam_hq.engine`` and its torch-free
+modules (store, session, tiling, settings, io) do not import torch; the predictor does.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "BatchPrediction": "predictor",
+    "Prediction": "predictor",
+    "SamHQPredictor": "predictor",
+    "ImageEmbedding": "embedding",
+    "PropagationSettings": "propagation",
+    "iter_propagate": "propagation",
+    "seeds_from_labels": "propagation",
+    "write_propagation": "propagation",
+    "ObjectMask": "session",
+    "SegmentationSession": "session",
+    "EmbeddingStore": "store",
+    "StoreWarning": "store",
+    "default_store_root": "store",
+    "Tile": "tiling",
+    "TileGrid": "tiling",
+    "Frames": "transforms",
+    "preprocess_shape": "transforms",
+    "resize_longest_side": "transforms",
+    "to_model_rgb": "transforms",
+    "AutoSettings": "settings",
+}
 __all__ = [
+    "AutoSettings",
     "BatchPrediction",
     "EmbeddingStore",
     "Frames",
@@ -28,3 +53,25 @@ __all__ = [
     "to_model_rgb",
     "write_propagation",
 ]
+
+if TYPE_CHECKING:  # for type checkers and the API docs, which read this file statically
+    from .embedding import ImageEmbedding
+    from .predictor import BatchPrediction, Prediction, SamHQPredictor
+    from .propagation import PropagationSettings, iter_propagate, seeds_from_labels, write_propagation
+    from .session import ObjectMask, SegmentationSession
+    from .settings import AutoSettings
+    from .store import EmbeddingStore, StoreWarning, default_store_root
+    from .tiling import Tile, TileGrid
+    from .transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,13 +19,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .predictor import SamHQPredictor
+from ..model.lazy import LazyModel
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
+
+if TYPE_CHECKING:
+    from .predictor import SamHQPredictor
 
 SliceKey = tuple[int, ...]
 
@@ -62,7 +65,7 @@ class SegmentationSession:
         overlap: int = 256,
         contrast_limits: tuple[float, float] | None = None,
         max_ready: int = 4,
-        predictor_factory: Callable[[Any], SamHQPredictor] = SamHQPredictor,
+        predictor_factory: Callable[[Any], SamHQPredictor] | None = None,
     ) -> None:
         shape = tuple(int(s) for s in data.shape)
         n_lead = len(shape) - (3 if rgb else 2)
@@ -71,7 +74,7 @@ class SegmentationSession:
                 f"data of shape {shape} is not (..., H, W)" + (" x C (rgb)" if rgb else "")
                 + ": give a 2D image or a stack of 2D planes"
             )
-        self.model = model
+        self._model = model
         self.data = data
         self.rgb = rgb
         self.lead_shape = shape[:n_lead]
@@ -80,10 +83,15 @@ class SegmentationSession:
         self.store = store if store is not None else EmbeddingStore(None)
         self.contrast_limits = contrast_limits
         self.model_id = EmbeddingStore.model_id(model.name, model.checkpoint_id)
-        self._factory = predictor_factory
+        self._factory = predictor_factory or _default_predictor
         self._ready: OrderedDict[str, SamHQPredictor] = OrderedDict()
         self._max_ready = max_ready
         self._lock = threading.RLock()
+
+    @property
+    def model(self) -> Any:
+        """The model; a ``LazyModel`` is loaded here, on the first encode or decode."""
+        return self._model.load() if isinstance(self._model, LazyModel) else self._model
 
     # ------------------------------------------------------------------ slices
 
@@ -312,3 +320,9 @@ def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:
         p[..., 1] = p[..., 1].clip(-0.5, h - 0.5)
         kwargs["point_coords"] = p
     return kwargs
+
+
+def _default_predictor(model: Any) -> SamHQPredictor:
+    from .predictor import SamHQPredictor  # torch: imported when a model is first needed
+
+    return SamHQPredictor(model)

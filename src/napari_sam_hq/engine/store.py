@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .predictor import ImageEmbedding
+from .embedding import ImageEmbedding
 
 STORE_FORMAT = 1
 PREPROCESS_VERSION = 1

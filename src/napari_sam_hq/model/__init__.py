@@ -10,22 +10,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING
 
-import torch
-
-from .build import build_sam_hq, place, prepare_for_inference, resolve_device
-from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
-from .download import DownloadError, Progress, ensure_checkpoint
-from .registry import CHECKPOINTS, MODEL_SPECS, CheckpointInfo, ModelSpec
-from .sam_hq import SamHQ
-
+# Lazy exports (PEP 562): importing the package, or a torch-free module of it (registry,
+# download, lazy), does not import torch; the first use of a name below imports its module.
+_EXPORTS = {
+    "CHECKPOINTS": "registry",
+    "MODEL_SPECS": "registry",
+    "CheckpointInfo": "registry",
+    "ModelSpec": "registry",
+    "CheckpointError": "errors",
+    "DownloadError": "download",
+    "LazyModel": "lazy",
+    "SamHQ": "sam_hq",
+    "build_sam_hq": "build",
+    "prepare_for_inference": "build",
+    "resolve_device": "build",
+    "load_model": "load",
+}
 __all__ = [
     "CHECKPOINTS",
-    "MODEL_SPECS",
     "CheckpointError",
     "CheckpointInfo",
     "DownloadError",
+    "LazyModel",
+    "MODEL_SPECS",
     "ModelSpec",
     "SamHQ",
     "build_sam_hq",
@@ -34,33 +44,23 @@ __all__ = [
     "resolve_device",
 ]
 
+if TYPE_CHECKING:  # for type checkers and the API docs, which read this file statically
+    from .build import build_sam_hq, prepare_for_inference, resolve_device
+    from .download import DownloadError
+    from .errors import CheckpointError
+    from .lazy import LazyModel
+    from .load import load_model
+    from .registry import CHECKPOINTS, MODEL_SPECS, CheckpointInfo, ModelSpec
+    from .sam_hq import SamHQ
 
-def load_model(
-    name_or_path: str | Path,
-    device: str | torch.device = "auto",
-    *,
-    dtype: torch.dtype | None = None,
-    progress: Progress | None = None,
-) -> SamHQ:
-    """A SAM-HQ model with loaded weights, in eval mode, on ``device``.
 
-    ``name_or_path``: a registry name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``;
-    downloaded once into the cache), an official ``.pth`` file, a ``.safetensors`` file
-    or a Hugging Face folder. The size is detected from the weights themselves.
-    """
-    key = str(name_or_path)
-    if key in CHECKPOINTS and not Path(key).exists():
-        path = ensure_checkpoint(CHECKPOINTS[key], progress=progress)
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise CheckpointError(
-                f"{key!r} is neither a model name ({', '.join(CHECKPOINTS)}) nor an existing file or folder"
-            )
-    sd, content_id = read_state_dict(path)
-    spec = detect_spec(sd, source=str(path))
-    with torch.device("meta"):  # no random init, no second copy of the weights
-        model = build_sam_hq(spec)
-    load_into(model, sd, source=str(path), assign=True)
-    model.checkpoint_id = content_id
-    return place(prepare_for_inference(model), device=device, dtype=dtype)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

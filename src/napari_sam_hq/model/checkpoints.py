@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError
 from .registry import MODEL_SPECS, ModelSpec, TinyViTSpec, ViTSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -28,10 +29,6 @@ HQ_PREFIXES = (
     "mask_decoder.embedding_encoder",
     "mask_decoder.embedding_maskfeature",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- reading

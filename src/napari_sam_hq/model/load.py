@@ -1,0 +1,44 @@
+"""``load_model``: a SAM-HQ model from a registry name, a checkpoint file or an HF folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .build import build_sam_hq, place, prepare_for_inference
+from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
+from .download import Progress, ensure_checkpoint
+from .registry import CHECKPOINTS
+from .sam_hq import SamHQ
+
+
+def load_model(
+    name_or_path: str | Path,
+    device: str | torch.device = "auto",
+    *,
+    dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
+) -> SamHQ:
+    """A SAM-HQ model with loaded weights, in eval mode, on ``device``.
+
+    ``name_or_path``: a registry name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``;
+    downloaded once into the cache), an official ``.pth`` file, a ``.safetensors`` file
+    or a Hugging Face folder. The size is detected from the weights themselves.
+    """
+    key = str(name_or_path)
+    if key in CHECKPOINTS and not Path(key).exists():
+        path = ensure_checkpoint(CHECKPOINTS[key], progress=progress)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise CheckpointError(
+                f"{key!r} is neither a model name ({', '.join(CHECKPOINTS)}) nor an existing file or folder"
+            )
+    sd, content_id = read_state_dict(path)
+    spec = detect_spec(sd, source=str(path))
+    with torch.device("meta"):  # no random init, no second copy of the weights
+        model = build_sam_hq(spec)
+    load_into(model, sd, source=str(path), assign=True)
+    model.checkpoint_id = content_id
+    return place(prepare_for_inference(model), device=device, dtype=dtype)
