@@ -34,17 +34,13 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def prompt_kinds(h: int, w: int) -> dict[str, dict]:
-    """Prompts in original pixels (x, y), boxes XYXY."""
-    pos = np.array([[0.45 * w, 0.4 * h]])
-    neg = np.array([[0.7 * w, 0.25 * h]])
-    box = np.array([0.2 * w, 0.15 * h, 0.75 * w, 0.8 * h])
-    return {
-        "point": dict(point_coords=pos, point_labels=np.array([1])),
-        "point+neg": dict(point_coords=np.vstack([pos, neg]), point_labels=np.array([1, 0])),
-        "box": dict(box=box),
-        "box+points": dict(box=box, point_coords=np.vstack([pos, neg]), point_labels=np.array([1, 0])),
-        "point+mask": dict(point_coords=pos, point_labels=np.array([1]), mask_input="previous"),
-    }
+    """The parity tests' prompts (original pixels; boxes XYXY), plus a point with the previous
+    answer as mask prompt."""
+    from tests.model.test_parity_official import _prompt_cases
+
+    kinds = _prompt_cases(h, w)
+    kinds["point + mask"] = dict(kinds["positive point"], mask_input="previous")
+    return kinds
 
 
 def _timed(fn) -> float:
@@ -78,7 +74,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}, float32 CPU, "
           f"median of {args.repeats} alternating calls per prompt")
-    print(f"{'image':>11s} {'prompt':>11s} {'multimask':>9s} {'ours ms':>8s} {'official ms':>11s} {'ratio':>6s}")
+    print(f"{'image':>11s} {'prompt':>20s} {'multimask':>9s} {'ours ms':>8s} {'official ms':>11s} {'ratio':>6s}")
     ratios: dict[str, list[float]] = {}
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.split("x"))
@@ -105,7 +101,7 @@ def main() -> None:
                         t_u.append(_timed(fu))
                 mo, mu = statistics.median(t_o), statistics.median(t_u)
                 ratios.setdefault(size, []).append(mu / mo)
-                print(f"{size:>11s} {kind:>11s} {multimask!s:>9s} {1e3 * mu:8.1f} {1e3 * mo:11.1f} {mu / mo:6.3f}")
+                print(f"{size:>11s} {kind:>20s} {multimask!s:>9s} {1e3 * mu:8.1f} {1e3 * mo:11.1f} {mu / mo:6.3f}")
     print("\nmedian ratio per image size: " + ", ".join(f"{s} {statistics.median(r):.3f}" for s, r in ratios.items()))
 
 

@@ -6,8 +6,9 @@ modules (store, session, tiling, settings, io) do not import torch; the predicto
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "BatchPrediction": "predictor",
@@ -65,13 +66,4 @@ if TYPE_CHECKING:  # for type checkers and the API docs, which read this file st
     from .transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # Lazy exports (PEP 562): importing the package, or a torch-free module of it (registry,
 # download, lazy), does not import torch; the first use of a name below imports its module.
@@ -54,13 +55,4 @@ if TYPE_CHECKING:  # for type checkers and the API docs, which read this file st
     from .sam_hq import SamHQ
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
