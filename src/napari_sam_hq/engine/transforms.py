@@ -132,7 +132,7 @@ class Frames:
         official result up to float rounding, with no 1024 x 1024 intermediate. Both
         matrices are banded (an output pixel mixes at most 3 neighbouring low-res pixels
         per axis): on the CPU they are applied a band of 64 output rows or columns at a
-        time, from the few low-res rows that band needs (~30x fewer FLOPs than dense); on
+        time, from the ~18 low-res rows that band needs (~14x fewer FLOPs than dense); on
         other devices as two dense products (fewer, larger kernels). ``banded`` overrides
         that choice (tests run both paths on the CPU).
         """

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-from .registry import CheckpointInfo
+from .registry import CHECKPOINTS, CheckpointInfo
 
 CHUNK = 1 << 20
 
@@ -99,6 +99,21 @@ def iter_download(
     finally:
         part.unlink(missing_ok=True)
     return target
+
+
+def checkpoint_path(
+    name_or_path: str | Path, *, download: bool = True, progress: Progress | None = None
+) -> Path | None:
+    """The file or folder behind a registry name or a path. A registry name (that is not also
+    an existing path) is its cached file, downloaded first if ``download`` (else ``None`` while
+    not cached); anything else is the path itself, which may not exist."""
+    key = str(name_or_path)
+    if key in CHECKPOINTS and not Path(key).exists():
+        info = CHECKPOINTS[key]
+        if is_cached(info) or download:
+            return ensure_checkpoint(info, progress=progress)
+        return None
+    return Path(name_or_path).expanduser()
 
 
 def ensure_checkpoint(info: CheckpointInfo, *, progress: Progress | None = None) -> Path:

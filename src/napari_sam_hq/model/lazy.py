@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .download import Progress, cache_dir, cached_path, ensure_checkpoint, is_cached
-from .registry import CHECKPOINTS
+from .download import Progress, cache_dir, checkpoint_path
 
 if TYPE_CHECKING:
     from .sam_hq import SamHQ
@@ -85,19 +84,9 @@ class LazyModel:
         self.device, self.dtype, self._progress = device, dtype, progress
         self._model: SamHQ | None = None
         self._identity: tuple[str, str] | None = None
-        path = self._path(download=False)
+        path = checkpoint_path(name_or_path, download=False)  # a registry model is not fetched yet
         if path is not None:
             self._identity = known_identity(path)
-
-    def _path(self, *, download: bool) -> Path | None:
-        """The checkpoint file or folder; a registry model is downloaded only if ``download``."""
-        key = self.source
-        if key in CHECKPOINTS and not Path(key).exists():
-            info = CHECKPOINTS[key]
-            if is_cached(info):
-                return cached_path(info)
-            return ensure_checkpoint(info, progress=self._progress) if download else None
-        return Path(key).expanduser()
 
     @property
     def loaded(self) -> bool:
@@ -121,9 +110,9 @@ class LazyModel:
         if self._model is None:
             from .load import load_model
 
-            path = self._path(download=True)
-            model = load_model(path, self.device, dtype=self.dtype, progress=self._progress)
-            if path.is_file():
+            model = load_model(self.source, self.device, dtype=self.dtype, progress=self._progress)
+            path = checkpoint_path(self.source, download=False)
+            if path is not None and path.is_file():
                 record_identity(path, model.name, model.checkpoint_id)
             self._model, self._identity = model, (model.name, model.checkpoint_id)
         return self._model

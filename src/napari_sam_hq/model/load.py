@@ -8,7 +8,7 @@ import torch
 
 from .build import build_sam_hq, place, prepare_for_inference
 from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
-from .download import Progress, ensure_checkpoint
+from .download import Progress, checkpoint_path
 from .registry import CHECKPOINTS
 from .sam_hq import SamHQ
 
@@ -26,15 +26,11 @@ def load_model(
     downloaded once into the cache), an official ``.pth`` file, a ``.safetensors`` file
     or a Hugging Face folder. The size is detected from the weights themselves.
     """
-    key = str(name_or_path)
-    if key in CHECKPOINTS and not Path(key).exists():
-        path = ensure_checkpoint(CHECKPOINTS[key], progress=progress)
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise CheckpointError(
-                f"{key!r} is neither a model name ({', '.join(CHECKPOINTS)}) nor an existing file or folder"
-            )
+    path = checkpoint_path(name_or_path, progress=progress)
+    if not path.exists():
+        raise CheckpointError(
+            f"{str(name_or_path)!r} is neither a model name ({', '.join(CHECKPOINTS)}) nor an existing file or folder"
+        )
     sd, content_id = read_state_dict(path)
     spec = detect_spec(sd, source=str(path))
     with torch.device("meta"):  # no random init, no second copy of the weights
