@@ -273,3 +273,27 @@ def test_launcher_docks_the_widget_on_the_sample(monkeypatch):
             assert C.POINTS_LAYER in viewer.layers
         finally:
             viewer.close()
+
+
+def test_wait_blocks_until_background_work_is_done_and_raises_its_error(make_napari_viewer, qtbot, checkpoint,
+                                                                        tmp_path):
+    """The scripted API: wait() returns with the embedding stored and, after a prompt, the
+    preview drawn; a worker's error (a checkpoint that does not load) is raised by wait()."""
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(120, 150, seed=4, channels=1), name="img")
+    widget = _widget(viewer, checkpoint)
+    assert widget.compute_embeddings() is not None and widget.busy
+    widget.wait(timeout=TIMEOUT / 1000)
+    assert not widget.busy and widget.model is not None and _ready(widget, viewer.layers["img"]) == [()]
+    viewer.layers[C.POINTS_LAYER].add([60, 75])
+    widget.wait(timeout=TIMEOUT / 1000)
+    assert viewer.layers[C.PREVIEW_LAYER].data.any()
+    widget.wait(timeout=1)  # nothing running: returns at once, no stale error
+
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    widget.model_combo.setCurrentText(str(bad))
+    widget.compute_embeddings()
+    with pytest.raises(Exception, match="not a readable PyTorch checkpoint"):
+        widget.wait(timeout=TIMEOUT / 1000)
+    widget.wait(timeout=1)  # the error was raised once

@@ -14,6 +14,7 @@ two viewers, two widgets, nothing shared but the (read-only) model weights.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +72,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         self._embed_worker = None
         self._decode_worker = None
         self._decode_dirty = False
+        self._errors: list[Exception] = []  # errors reported to the user, not yet raised by wait()
         self._preview_objects: dict[SliceKey, list[tuple[np.ndarray, float, bool]]] = {}
         # labels layer uid -> {label id: slices the user committed} (the propagation seeds)
         self._committed: dict[Any, dict[int, set[SliceKey]]] = {}
@@ -357,7 +359,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
                 try:
                     self._store = EmbeddingStore(root, max_in_memory=C.STORE_RAM_ENTRIES)
                 except (ValueError, OSError) as err:
-                    self._report_error(f"{err}. Embeddings are kept in RAM for now.")
+                    self._report_error(f"{err}. Embeddings are kept in RAM for now.", recoverable=True)
                     self._store = EmbeddingStore(None, max_in_memory=C.STORE_RAM_ENTRIES)
             self._store_key = text
         return self._store
@@ -508,9 +510,42 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             self.progress_bar.setValue(0)
 
     def _on_worker_error(self, err: Exception) -> None:
-        self._report_error(str(err))
+        self._report_error(str(err), err)
 
-    def _report_error(self, message: str) -> None:
+    @property
+    def busy(self) -> bool:
+        """Whether background work runs: model load and embeddings, a decode, a propagation
+        or segment everything."""
+        workers = (self._embed_worker, self._decode_worker, self._propagate_worker, self._auto_worker)
+        return any(w is not None for w in workers)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the background work started so far is done, processing Qt events so
+        that it can finish (its results land in the layers on this thread); then raise the
+        first error a worker met since the last ``wait``. For scripts and tests: a prompt
+        added from code starts its decode at once, so ``wait()`` after it returns with the
+        preview drawn. Errors include those only shown to a user (a checkpoint that does not
+        load, a prompt the engine refuses). ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit)."""
+        from qtpy.QtCore import QCoreApplication
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.busy:
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"SAM-HQ: background work still running after {timeout} s")
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+        QCoreApplication.processEvents()  # the last 'finished' handlers
+        errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
+
+    def _report_error(self, message: str, err: Exception | None = None, *, recoverable: bool = False) -> None:
+        """Show an error to the user; unless the work went on regardless (``recoverable``),
+        ``wait()`` raises it to a script: ``err``, or a ``RuntimeError`` with the message for
+        errors a worker reported without raising."""
+        if not recoverable:
+            self._errors.append(err if err is not None else RuntimeError(message))
         show_error(f"SAM-HQ: {message}")
         self.status_label.setText(f"Error: {message}")
 
