@@ -15,6 +15,7 @@ is on disk. Thread-safe: one thread may encode while another decodes.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
@@ -36,12 +37,15 @@ SliceKey = tuple[int, ...]
 @dataclass(frozen=True)
 class ObjectMask:
     """One object on one plane: ``mask`` H x W bool (plane frame), the predicted IoU ``score``,
-    ``low_res_logits`` 256 x 256 in the frame of ``tile`` (feed back with the same tile)."""
+    ``low_res_logits`` 256 x 256 in the frame of ``tile`` (feed back with the same tile).
+    ``pending``: the tile that would answer better (the mask is cut at an inner edge of
+    ``tile``) when a decode that may not encode found it missing from the store."""
 
     mask: np.ndarray
     score: float
     low_res_logits: np.ndarray
     tile: Tile
+    pending: Tile | None = None
 
 
 class SegmentationSession:
@@ -166,6 +170,29 @@ class SegmentationSession:
         """Whether every grid tile of slice ``key`` is in the store (no encoding needed)."""
         return all((self.model_id, k) in self.store for _, k, _, _ in self._entries(key, self.grid_tiles()))
 
+    def is_stored(self, key: SliceKey, tile: Tile, lookup=None) -> bool:
+        """Whether ``tile`` of slice ``key`` can be decoded without encoding (stored or ready)."""
+        entry = (lookup or self.entry_lookup(self.plane(key)))(tile)[0]
+        with self._lock:
+            if entry in self._ready:
+                return True
+        return (self.model_id, entry) in self.store
+
+    def choose_tile(self, obj: dict) -> Tile:
+        """The tile that answers the prompt ``obj`` (``point_coords`` / ``box``, plane pixels)."""
+        return self.grid.choose(prompt_extent(obj.get("point_coords"), obj.get("box")))
+
+    def tiles_by_distance(self, xy: tuple[float, float] | None = None) -> list[Tile]:
+        """The grid tiles, the one whose centre is nearest ``xy`` (plane pixels; default the
+        plane's centre) first: the encoding order that brings the first object soonest."""
+        h, w = self.plane_shape
+        x, y = (w / 2, h / 2) if xy is None else xy
+
+        def dist(t: Tile) -> float:
+            return ((t.x0 + t.x1) / 2 - x) ** 2 + ((t.y0 + t.y1) / 2 - y) ** 2
+
+        return sorted(self.grid_tiles(), key=dist)
+
     # ------------------------------------------------------------------ encoding
 
     def iter_embed(
@@ -182,20 +209,37 @@ class SegmentationSession:
         total = max(1, len(keys) * per_key)
         encoded = 0
         for i, key in enumerate(keys):
-            for j, (tile, entry, pixels, limits) in enumerate(self._entries(key, tiles)):
+            lookup = self.entry_lookup(self.plane(key))
+            for j, tile in enumerate(tiles):
                 done = i * per_key + j
-                if self.store.get(self.model_id, entry) is not None:  # read: damage is found here
-                    yield (done + 1) / total, key
-                    continue
-                predictor = self._factory(self.model)
-                for fraction in predictor.iter_set_image(pixels, contrast_limits=limits):
-                    yield (done + fraction) / total, key
-                self.store.put(
-                    self.model_id, entry, predictor.get_image_embedding(early=False),
-                    slice_key=key, tile=tile.box,
-                )
-                encoded += 1
+                gen = self.iter_embed_tile(key, tile, lookup)
+                try:
+                    while True:
+                        yield (done + next(gen)) / total, key
+                except StopIteration as stop:
+                    encoded += int(stop.value)
+                yield (done + 1) / total, key
         return encoded
+
+    def iter_embed_tile(self, key: SliceKey, tile: Tile, lookup=None) -> Generator[float, None, bool]:
+        """Encode one tile of slice ``key`` unless the store has it; yields the fraction of the
+        encoder done, returns whether it encoded. The new predictor stays decoder-ready."""
+        key = self.check_key(key)
+        entry, pixels, limits = (lookup or self.entry_lookup(self.plane(key)))(tile)
+        if self.store.get(self.model_id, entry) is not None:  # read: damage is found here
+            return False
+        predictor = self._factory(self.model)
+        yield from predictor.iter_set_image(pixels, contrast_limits=limits)
+        self.store.put(self.model_id, entry, predictor.get_image_embedding(early=False), slice_key=key, tile=tile.box)
+        self._keep_ready(entry, predictor)
+        return True
+
+    def _keep_ready(self, entry: str, predictor: SamHQPredictor) -> None:
+        with self._lock:
+            self._ready[entry] = predictor
+            self._ready.move_to_end(entry)
+            while len(self._ready) > self._max_ready:
+                self._ready.popitem(last=False)
 
     def tile_predictor(self, key: SliceKey, tile: Tile, lookup=None) -> SamHQPredictor:
         """A decoder-ready predictor for one tile of slice ``key``; encodes the tile now if the
@@ -215,10 +259,7 @@ class SegmentationSession:
             self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
         else:
             predictor.set_image_embedding(emb)
-        with self._lock:
-            self._ready[entry] = predictor
-            while len(self._ready) > self._max_ready:
-                self._ready.popitem(last=False)
+        self._keep_ready(entry, predictor)
         return predictor
 
     # ------------------------------------------------------------------ decoding
@@ -230,6 +271,8 @@ class SegmentationSession:
         *,
         multimask_output: bool = False,
         hq_token_only: bool = False,
+        encode: bool = True,
+        lookup: Callable[[Tile], tuple] | None = None,
     ) -> list[ObjectMask]:
         """One mask per object on slice ``key``.
 
@@ -239,11 +282,15 @@ class SegmentationSession:
         from another tile than the one chosen is dropped. Objects with the same prompt
         layout on the same tile are decoded in one batch. A mask that reaches an inner
         tile edge is decoded again from the tile that holds it, or the coarse tile.
+
+        ``encode=False`` (interactive previews): the first tile of each object must be
+        stored (``is_stored``); a better tile that is not yet stored is not encoded here:
+        the cut mask is returned with that tile as ``pending``, to encode and decode again.
         """
         key = self.check_key(key)
         if not objects:
             return []
-        lookup = self.entry_lookup(self.plane(key))
+        lookup = lookup or self.entry_lookup(self.plane(key))
         results: list[ObjectMask | None] = [None] * len(objects)
         todo = list(range(len(objects)))
         tried: dict[int, tuple[Tile, ...]] = {i: () for i in todo}
@@ -274,9 +321,13 @@ class SegmentationSession:
                         # cut by the tile border: ask the tile that holds the whole mask
                         extent = prompt_extent(objects[i].get("point_coords"), objects[i].get("box"), result.mask)
                         nxt = self.grid.choose(extent, exclude=tried[i])
-                        if nxt not in tried[i]:
-                            tile_for[i] = nxt
-                            retry.append(i)
+                        if nxt in tried[i]:
+                            continue
+                        if not encode and not self.is_stored(key, nxt, lookup):
+                            results[i] = dataclasses.replace(result, pending=nxt)
+                            continue
+                        tile_for[i] = nxt
+                        retry.append(i)
             todo = retry
         return [r for r in results if r is not None]
 

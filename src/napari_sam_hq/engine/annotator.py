@@ -1,0 +1,584 @@
+"""``Annotator``: interactive annotation of one image, without Qt or a viewer.
+
+It holds what an annotation session is: the image and the plane orientation being
+segmented, one ``SegmentationSession`` per orientation, the queue of tiles to encode
+(the tile under a prompt first), the prompts and their decoded preview, and the label
+image with its bookkeeping (``LabelVolume``: id counter, extents, committed seeds).
+The napari widget binds layers and buttons to it; scripts and tests drive it directly.
+
+Frames: ``data`` is the image in its data frame ``(*spatial, [C])``; everything the
+annotator takes and returns per slice is in the *oriented frame* of its current
+``orientation`` (see ``orientation``): slice keys index the slicing axes, prompts are
+plane (x, y) pixels, masks ``H x W`` bool. Labels are written through the orientation,
+into the data frame.
+
+Threads: ``iter_encode`` / ``encode_next`` may run in one worker thread and ``decode`` in
+another while the GUI thread queues work, commits and undoes; the queue, the preview and
+the label writes are locked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .labels import LabelVolume
+from .orientation import Orientation
+from .session import ObjectMask, SegmentationSession, SliceKey
+from .tiling import Tile
+
+
+@dataclass
+class SlicePrompts:
+    """Prompts on one slice, in plane (x, y) pixels: points with labels (1 positive,
+    0 negative) and XYXY boxes."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    def objects(self) -> list[dict]:
+        """One prompt dict per object (``predict`` keyword arguments).
+
+        Rule: every box is an object, refined by the points inside it; the points inside
+        no box form one more object (if any of them is positive).
+        """
+        pts = np.asarray(self.points, float).reshape(-1, 2)
+        labels = np.asarray(self.labels, int)
+        used = np.zeros(len(pts), bool)
+        objects = []
+        for box in self.boxes:
+            x0, y0, x1, y1 = box
+            inside = (pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)
+            used |= inside
+            obj: dict = {"box": np.array(box, float)}
+            if inside.any():
+                obj.update(point_coords=pts[inside], point_labels=labels[inside])
+            objects.append(obj)
+        rest = ~used
+        if rest.any() and (labels[rest] == 1).any():
+            objects.append({"point_coords": pts[rest], "point_labels": labels[rest]})
+        return objects
+
+
+@dataclass(frozen=True)
+class PreviewObject:
+    """A decoded object on one slice: ``mask`` H x W bool (oriented plane), its predicted IoU,
+    whether it came from points only (points-only objects on several slices are one object),
+    and whether a better tile is still being encoded (it is decoded again when it is)."""
+
+    mask: np.ndarray
+    score: float
+    points_only: bool
+    pending: bool = False
+
+
+@dataclass(frozen=True)
+class EncodeStep:
+    """Progress of ``encode_next``: ``fraction`` of the queue seen so far, the tile (of slice
+    ``key`` in ``orientation``) being encoded, and whether it is now stored (``done``)."""
+
+    fraction: float
+    key: SliceKey
+    tile: Tile
+    orientation: Orientation
+    done: bool
+
+
+Preview = dict[SliceKey, list[PreviewObject]]
+
+
+class Annotator:
+    """Annotation of one image (2D, a stack, any number of slicing axes).
+
+    >>> ann = Annotator(stack, model=load_model("vit_tiny"), labels=LabelVolume(np.zeros(stack.shape, np.uint32)))
+    >>> ann.request([(150,)], near=(900, 400))         # the tile under the prompt first
+    >>> exhaust(ann.iter_encode())                      # or step it in a worker
+    >>> ann.decode({(150,): SlicePrompts(points=[(900, 400)], labels=[1])})
+    >>> ann.commit()                                    # -> [new id]
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        rgb: bool = False,
+        model: Any = None,
+        store: Any = None,
+        labels: LabelVolume | None = None,
+        tile_size: int = 1024,
+        overlap: int = 256,
+        max_ready: int = 4,
+        contrast_limits: tuple[float, float] | None = None,
+        predictor_factory: Any = None,
+    ) -> None:
+        self.data = data
+        self.rgb = rgb
+        self.spatial_shape = tuple(int(s) for s in (data.shape[:-1] if rgb else data.shape))
+        if len(self.spatial_shape) < 2:
+            raise ValueError(f"an image of shape {tuple(data.shape)} has no plane: give a 2D image or a stack")
+        self.model = model
+        self.store = store
+        self.labels = labels
+        self.tile_size = tile_size
+        self.overlap = min(overlap, tile_size // 2)
+        self.max_ready = max_ready
+        self.contrast_limits = contrast_limits
+        self.predictor_factory = predictor_factory
+        self.orientation = Orientation.default(len(self.spatial_shape))
+        self.preview: Preview = {}
+        self.waiting: set[SliceKey] = set()  # slices whose preview waits for a tile
+        self._sessions: dict[Orientation, SegmentationSession] = {}
+        self._queue: list[tuple[Orientation, SliceKey, Tile | None, tuple[float, float] | None]] = []
+        self._done = 0  # tiles encoded since the queue was last empty (for progress)
+        self._lookups: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ model, orientation
+
+    def set_model(self, model: Any) -> None:
+        """Use ``model`` (a model or a ``LazyModel``) from now on; queued work stays queued."""
+        with self._lock:
+            if model is not self.model:
+                self.model = model
+                self._sessions.clear()
+                self._lookups.clear()
+                self.preview, self.waiting = {}, set()
+
+    def set_orientation(self, plane_axes: tuple[int, int]) -> bool:
+        """Segment the plane of data axes ``plane_axes`` from now on; returns whether it changed.
+        The preview is dropped (it belongs to the old planes); embeddings of every orientation
+        stay stored."""
+        orientation = Orientation(len(self.spatial_shape), tuple(plane_axes))
+        with self._lock:
+            if orientation == self.orientation:
+                return False
+            self.orientation = orientation
+            self.preview, self.waiting = {}, set()
+            return True
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return self.orientation.oriented_shape(self.spatial_shape)[:-2]
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self.orientation.oriented_shape(self.spatial_shape)[-2:]
+
+    @property
+    def keys(self) -> list[SliceKey]:
+        return [tuple(int(i) for i in idx) for idx in np.ndindex(*self.lead_shape)] if self.lead_shape else [()]
+
+    def session_for(self, orientation: Orientation | None = None) -> SegmentationSession:
+        """The engine session of ``orientation`` (default: the current one)."""
+        orientation = orientation or self.orientation
+        if self.model is None:
+            raise RuntimeError("no model yet: choose one (set_model) before encoding or decoding")
+        with self._lock:
+            session = self._sessions.get(orientation)
+            if session is None:
+                session = self._sessions[orientation] = SegmentationSession(
+                    self.model, orientation.view(self.data, rgb=self.rgb), rgb=self.rgb, store=self.store,
+                    tile_size=self.tile_size, overlap=self.overlap, max_ready=self.max_ready,
+                    contrast_limits=self.contrast_limits, predictor_factory=self.predictor_factory,
+                )
+            return session
+
+    @property
+    def session(self) -> SegmentationSession:
+        return self.session_for()
+
+    def _lookup(self, session: SegmentationSession, orientation: Orientation, key: SliceKey):
+        """The plane's tile -> store-key lookup. numpy data is read and hashed every time (an
+        edit in place is never served stale); lazy data (dask, zarr) once per slice, here."""
+        if isinstance(self.data, np.ndarray):
+            return session.entry_lookup(session.plane(key))
+        cache_key = (orientation, id(session), key)
+        with self._lock:
+            hit = self._lookups.get(cache_key)
+            if hit is not None:
+                self._lookups.move_to_end(cache_key)
+                return hit
+        lookup = session.entry_lookup(session.plane(key))
+        with self._lock:
+            self._lookups[cache_key] = lookup
+            while len(self._lookups) > 8:
+                self._lookups.popitem(last=False)
+        return lookup
+
+    # ------------------------------------------------------------------ encoding queue
+
+    def request(
+        self,
+        keys: list[SliceKey],
+        *,
+        near: tuple[float, float] | None = None,
+        tiles: list[Tile] | None = None,
+    ) -> None:
+        """Encode ``keys`` (this orientation) before anything queued so far, in this order:
+        each slice's grid tiles, the one nearest ``near`` (plane x, y; default the centre)
+        first, or only ``tiles``. Stored tiles are skipped when their turn comes."""
+        o = self.orientation
+        jobs = [(o, tuple(k), t, near) for k in keys for t in (tiles or [None])]
+        with self._lock:
+            new = set((j[0], j[1], j[2]) for j in jobs)
+            rest = [j for j in self._queue if (j[0], j[1], j[2]) not in new]
+            self._queue[:] = list(dict.fromkeys(jobs)) + rest
+
+    @property
+    def pending(self) -> int:
+        """Jobs in the encoding queue (a job is a tile, or a slice not yet split into tiles)."""
+        with self._lock:
+            return len(self._queue)
+
+    def cancel_encoding(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self._done = 0
+
+    def _pop(self):
+        """The next tile to encode, splitting a slice job into its tiles (nearest first)."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._done = 0
+                    return None
+                job = self._queue.pop(0)
+            orientation, key, tile, near = job
+            if tile is not None:
+                return job
+            session = self.session_for(orientation)
+            with self._lock:
+                self._queue[:0] = [(orientation, key, t, near) for t in session.tiles_by_distance(near)]
+
+    def encode_next(self) -> Generator[EncodeStep, None, bool]:
+        """Encode the next queued tile (nothing if it is stored); yields progress after each
+        encoder step; returns ``False`` when the queue was empty."""
+        job = self._pop()
+        if job is None:
+            return False
+        orientation, key, tile, _ = job
+        session = self.session_for(orientation)
+        lookup = self._lookup(session, orientation, key)
+        total = self._done + 1 + self.pending
+        gen = session.iter_embed_tile(key, tile, lookup)
+        try:
+            while True:
+                f = next(gen)
+                yield EncodeStep((self._done + f) / total, key, tile, orientation, False)
+        except StopIteration:
+            pass
+        self._done += 1
+        yield EncodeStep(self._done / (self._done + self.pending), key, tile, orientation, True)
+        return True
+
+    def iter_encode(self) -> Generator[EncodeStep, None, None]:
+        """``encode_next`` until the queue is empty (jobs queued meanwhile are done too)."""
+        while (yield from self.encode_next()):
+            pass
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(
+        self,
+        prompts: dict[SliceKey, SlicePrompts],
+        *,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ) -> tuple[Preview, dict[SliceKey, str]]:
+        """Decode the objects of ``prompts`` (``{slice: SlicePrompts}``, this orientation) from
+        stored tiles only; becomes the ``preview``. An object whose tile is not stored is
+        queued to encode first (its slice goes to ``waiting``); an object cut at an inner tile
+        edge is shown and queued to decode again from the better tile. Returns the preview and
+        ``{slice: message}`` for slices whose prompts the engine refused."""
+        orientation = self.orientation
+        session = self.session_for(orientation)
+        preview: Preview = {}
+        errors: dict[SliceKey, str] = {}
+        waiting: set[SliceKey] = set()
+        for key, slice_prompts in prompts.items():
+            objects = slice_prompts.objects()
+            if not objects:
+                continue
+            try:
+                key = session.check_key(key)
+            except IndexError as err:
+                errors[key] = str(err)
+                continue
+            lookup = self._lookup(session, orientation, key)
+            ready, missing = [], []
+            for obj in objects:
+                tile = session.choose_tile(obj)
+                (ready if session.is_stored(key, tile, lookup) else missing).append((obj, tile))
+            if missing:
+                waiting.add(key)
+                self.request([key], tiles=list(dict.fromkeys(t for _, t in missing)))
+            if not ready:
+                continue
+            try:
+                results = session.segment(
+                    key, [o for o, _ in ready], multimask_output=multimask_output, hq_token_only=hq_token_only,
+                    encode=False, lookup=lookup,
+                )
+            except ValueError as err:
+                errors[key] = str(err)
+                continue
+            better = [r.pending for r in results if r.pending is not None]
+            if better:
+                waiting.add(key)
+                self.request([key], tiles=list(dict.fromkeys(better)))
+            preview[key] = [
+                PreviewObject(r.mask, r.score, "box" not in o, r.pending is not None)
+                for r, (o, _) in zip(results, ready, strict=True)
+            ]
+        with self._lock:
+            if orientation == self.orientation:
+                self.preview, self.waiting = preview, waiting
+        return preview, errors
+
+    def preview_crop(self, key: SliceKey) -> tuple[tuple[int, int], np.ndarray] | None:
+        """The preview of slice ``key`` as a small label image: ``((y0, x0), h x w uint16)``
+        covering its objects only (1, 2, ... in prompt order; earlier objects on top), or
+        ``None`` when the slice has none."""
+        objects = self.preview.get(tuple(key), [])
+        boxes = [_mask_box(o.mask) for o in objects]
+        boxes = [b for b in boxes if b is not None]
+        if not boxes:
+            return None
+        y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        y1, x1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        crop = np.zeros((y1 - y0, x1 - x0), np.uint16)
+        for i, obj in enumerate(objects):
+            part = obj.mask[y0:y1, x0:x1]
+            crop[part & (crop == 0)] = i + 1
+        return (y0, x0), crop
+
+    def clear(self) -> None:
+        """Forget the preview (the prompts are the caller's)."""
+        with self._lock:
+            self.preview, self.waiting = {}, set()
+
+    # ------------------------------------------------------------------ labels
+
+    def _labels(self) -> LabelVolume:
+        if self.labels is None:
+            raise RuntimeError("no labels to write into: give the annotator a LabelVolume (annotator.labels)")
+        if self.labels.shape != self.spatial_shape:
+            raise ValueError(
+                f"the labels have shape {self.labels.shape}, the image {self.spatial_shape}: "
+                "pick labels of the image's shape"
+            )
+        return self.labels
+
+    def _region(self, key: SliceKey, box: tuple[int, int, int, int]) -> tuple:
+        """Data-frame index of rows ``[y0, y1)`` x cols ``[x0, x1)`` of the plane at ``key``."""
+        index = list(self.orientation.plane_index(key))
+        y0, x0, y1, x1 = box
+        index[self.orientation.plane_axes[0]] = slice(y0, y1)
+        index[self.orientation.plane_axes[1]] = slice(x0, x1)
+        return tuple(index)
+
+    def _write_mask(self, labels: LabelVolume, key: SliceKey, mask: np.ndarray, label: int, *, overwrite: bool,
+                    keep: int | None = None) -> int:
+        """Write ``label`` where ``mask`` is set (only on 0, or on ``keep``, unless ``overwrite``),
+        reading and writing only the mask's bounding box."""
+        box = _mask_box(mask)
+        if box is None:
+            return 0
+        y0, x0, y1, x1 = box
+        part = mask[y0:y1, x0:x1]
+        if not overwrite:
+            region = labels.read(self._region(key, box))
+            free = region == 0
+            if keep is not None:
+                free |= region == keep
+            part = part & free
+        rows, cols = np.nonzero(part)
+        if not rows.size:
+            return 0
+        idx = self.orientation.data_index(key, rows + y0, cols + x0)
+        return labels.set(idx, label)
+
+    def commit(self, preview: Preview | None = None, *, overwrite: bool = False) -> list[int]:
+        """Write the preview's objects into the labels as new ids (one undo step) and record
+        the slices as that id's seeds; returns the ids written. A points-only object is one id
+        on every slice; every box is its own. Without ``overwrite`` only 0 pixels are written:
+        labels already there are never replaced."""
+        preview = self.preview if preview is None else preview
+        labels = self._labels()
+        written: list[int] = []
+        with labels.transaction():
+            fresh = labels.next_id()
+            point_id: int | None = None
+            for key, objects in sorted(preview.items()):
+                for obj in objects:
+                    if obj.points_only and point_id is not None:
+                        label = point_id
+                    else:
+                        label, fresh = fresh, fresh + 1
+                        if obj.points_only:
+                            point_id = label
+                    if self._write_mask(labels, key, obj.mask, label, overwrite=overwrite):
+                        labels.add_seed(label, self.orientation.seed_plane(key))
+                        if label not in written:
+                            written.append(label)
+        self.clear()
+        return written
+
+    def correct(self, label: int, preview: Preview | None = None, *, overwrite: bool = False) -> list[SliceKey]:
+        """Replace object ``label`` on each previewed slice by the union of that slice's masks
+        (one undo step; other labels kept unless ``overwrite``); the slices become its seeds.
+        Returns the slices written."""
+        if label <= 0:
+            raise ValueError("pick a label id above 0 (the labels layer's selected label) to correct an object")
+        preview = self.preview if preview is None else preview
+        labels = self._labels()
+        done = []
+        with labels.transaction():
+            for key, objects in sorted(preview.items()):
+                union = np.logical_or.reduce([o.mask for o in objects])
+                self._erase(labels, key, label)
+                self._write_mask(labels, key, union, label, overwrite=overwrite)
+                labels.add_seed(label, self.orientation.seed_plane(key))
+                done.append(key)
+        self.clear()
+        return done
+
+    def _plane_extent(self, labels: LabelVolume, label: int) -> tuple[int, int, int, int] | None:
+        """``(y0, x0, y1, x1)`` on the plane axes that holds ``label`` (from its extent)."""
+        ext = labels.extent(label)
+        if ext is None:
+            return None
+        r, c = (ext[a] for a in self.orientation.plane_axes)
+        return r.start, c.start, r.stop, c.stop
+
+    def _erase(self, labels: LabelVolume, key: SliceKey, label: int) -> int:
+        box = self._plane_extent(labels, label)
+        if box is None:
+            return 0
+        region = labels.read(self._region(key, box))
+        rows, cols = np.nonzero(region == label)
+        if not rows.size:
+            return 0
+        return labels.set(self.orientation.data_index(key, rows + box[0], cols + box[1]), 0)
+
+    def undo(self) -> bool:
+        return self._labels().undo()
+
+    def redo(self) -> bool:
+        return self._labels().redo()
+
+    # ------------------------------------------------------------------ propagation
+
+    def labels_on(self, key: SliceKey) -> list[int]:
+        """The label ids on slice ``key`` (one plane read)."""
+        plane = self._labels().read(self.orientation.plane_index(key))
+        return [int(i) for i in np.unique(plane) if i != 0]
+
+    def _axis_range(self, labels: LabelVolume, label: int) -> range:
+        """Slices along the last slicing axis where ``label`` may be (from its extent)."""
+        axis = self.orientation.lead_axes[-1]
+        ext = labels.extent(label)
+        if ext is None:
+            return range(0)
+        return range(ext[axis].start, ext[axis].stop)
+
+    def propagation_seeds(self, here: SliceKey, ids: list[int] | None = None) -> dict[int, dict[int, np.ndarray]]:
+        """``{label: {slice along the last slicing axis: H x W mask}}`` for the objects ``ids``
+        (default: those on slice ``here``) in the stack through ``here``: the slices the user
+        committed (or corrected) as each one's seeds, else every slice it is on (read within
+        its extent only)."""
+        if not self.lead_shape:
+            raise ValueError("propagation needs a stack: this image has no slicing axis")
+        labels = self._labels()
+        here = tuple(here)
+        ids = self.labels_on(here) if ids is None else [int(i) for i in ids]
+        seeds: dict[int, dict[int, np.ndarray]] = {}
+        for label in ids:
+            keys = [self.orientation.key_of(p) for p in labels.seeds.get(label, ())]
+            slices = sorted({k[-1] for k in keys if k is not None and k[:-1] == here[:-1]})
+            candidates = slices or list(self._axis_range(labels, label))
+            for z in candidates:
+                mask = labels.read(self.orientation.plane_index((*here[:-1], z))) == label
+                if mask.any():
+                    seeds.setdefault(label, {})[z] = mask
+        return seeds
+
+    def iter_propagate(self, here: SliceKey, seeds: dict[int, dict[int, np.ndarray]], settings: Any = None):
+        """``propagation.iter_propagate`` along the last slicing axis through ``here``."""
+        from .propagation import iter_propagate
+
+        axis = len(self.lead_shape) - 1
+        return iter_propagate(self.session, seeds, axis=axis, base_key=tuple(here), settings=settings)
+
+    def apply_propagation(
+        self,
+        here: SliceKey,
+        found: dict[int, dict[int, ObjectMask]],
+        seeds: dict[int, dict[int, np.ndarray]],
+        *,
+        overwrite: bool = False,
+    ) -> int:
+        """Write a propagation (``{slice: {label: ObjectMask}}``) as one undo step: each seeded
+        object's pixels off its seed slices are cleared first (re-propagating after a correction
+        replaces the old propagation), then the new masks, higher score first; without
+        ``overwrite`` only 0 pixels or the object's own. Returns the pixels changed."""
+        labels = self._labels()
+        prefix = tuple(here)[:-1]
+        changed = 0
+        with labels.transaction():
+            for label, planes in seeds.items():
+                for z in self._axis_range(labels, label):
+                    if z not in planes:
+                        changed += self._erase(labels, (*prefix, z), label)
+            for z, objects in sorted(found.items()):
+                claimed = np.zeros(self.plane_shape, bool)
+                for label, res in sorted(objects.items(), key=lambda kv: -kv[1].score):
+                    free = res.mask & ~claimed
+                    changed += self._write_mask(labels, (*prefix, z), free, label, overwrite=overwrite, keep=label)
+                    claimed |= res.mask
+        return changed
+
+    # ------------------------------------------------------------------ segment everything
+
+    def add_objects(self, key: SliceKey | None, objects: np.ndarray, *, overwrite: bool = False) -> list[int]:
+        """Add the objects of a label image as new ids after the counter (one undo step):
+        ``objects`` is ``H x W`` for slice ``key``, or, with ``key=None``, ``N x H x W`` for every
+        slice along the first slicing axis (other slicing axes at 0). Returns the new ids."""
+        labels = self._labels()
+        objects = np.asarray(objects)
+        if key is None:
+            planes = {(i, *([0] * (len(self.lead_shape) - 1))): p for i, p in enumerate(objects)}
+        else:
+            planes = {tuple(key): objects}
+        for p in planes.values():
+            if p.shape != self.plane_shape:
+                raise ValueError(f"objects of shape {p.shape} do not fit planes of {self.plane_shape}")
+        offset = labels.next_id() - 1
+        new: set[int] = set()
+        with labels.transaction():
+            for k, plane in planes.items():
+                todo = plane > 0
+                if not overwrite:
+                    todo &= labels.read(self.orientation.plane_index(k)) == 0
+                rows, cols = np.nonzero(todo)
+                if not rows.size:
+                    continue
+                values = plane[rows, cols].astype(np.int64) + offset
+                labels.set(self.orientation.data_index(k, rows, cols), values)
+                new.update(np.unique(values).tolist())
+        return sorted(int(i) for i in new)
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, x0, y1, x1)`` half-open box of a plane mask, ``None`` when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1

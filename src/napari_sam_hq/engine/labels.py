@@ -1,0 +1,283 @@
+"""Label images that never need a scan: an id counter, per-label extents and the slices a
+user committed, kept with the labels; on disk (zarr) when a dense array would be large.
+
+Frames: a ``LabelVolume`` is in the image's *data frame* (its spatial shape, no colour
+axis), whatever plane the viewer shows. Writes are fancy-index assignments
+``(indices per data axis, values)``, so they touch only the chunks of the pixels written;
+reads are plain slices.
+
+Bookkeeping (in zarr attributes for labels on disk, so a reopened volume has it too):
+
+- ``next_label``: the next free id. New objects take ids from it; a write of a larger id
+  (painting by hand, a correction) moves it on. Only a volume whose counter is unknown (a
+  user's own array, no attribute) is scanned, once, chunk by chunk.
+- ``extents``: per label, the smallest box (per data axis ``[lo, hi)``) that holds every
+  pixel ever written with it. Finding a label (propagation seeds, re-propagation) reads
+  only that box. Erasing never shrinks it (it stays a bound).
+- ``seeds``: per label, the planes where a user committed it, each a tuple of
+  ``(axis, index)`` pairs that fix the non-displayed axes (orientation-free); propagation
+  starts from these.
+
+Undo and redo: every write inside one ``transaction()`` is one step; a step stores the old
+and new values of the pixels it changed only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ATTRS_KEY = "napari_sam_hq_labels"
+LABELS_FORMAT = 1
+DEFAULT_DISK_THRESHOLD = 1 << 30  # bytes: dense labels above this live on disk by default
+SeedPlane = tuple[tuple[int, int], ...]  # ((axis, index), ...) fixing the non-displayed axes
+
+
+def dense_nbytes(shape: tuple[int, ...], dtype: Any = np.uint32) -> int:
+    return int(math.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def labels_chunks(shape: tuple[int, ...], *, plane_chunk: int = 512) -> tuple[int, ...]:
+    """One slice deep, ``plane_chunk`` square in the last two axes: a commit on one plane
+    touches only the chunks under its mask, and a slice reads ~1 MB pieces."""
+    return tuple(1 for _ in shape[:-2]) + tuple(min(plane_chunk, s) for s in shape[-2:])
+
+
+def default_labels_path(root: str | Path, image_name: str) -> Path:
+    """``<root>/<image name>.labels.zarr`` (the name made safe for a file system)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_name).strip("._") or "image"
+    return Path(root) / f"{safe}.labels.zarr"
+
+
+def open_labels_zarr(path: str | Path, shape: tuple[int, ...], *, dtype: Any = np.uint32, create: bool = True):
+    """The zarr array of saved labels at ``path`` (created, filled with 0, when missing and
+    ``create``). An existing array of another shape is refused: it belongs to another image."""
+    import zarr
+
+    path = Path(path)
+    shape = tuple(int(s) for s in shape)
+    if (path / "zarr.json").exists():
+        array = zarr.open_array(str(path), mode="r+")
+        if tuple(array.shape) != shape:
+            raise ValueError(
+                f"the labels at {path} have shape {tuple(array.shape)}, the image {shape}: they belong to "
+                "another image; choose another labels folder"
+            )
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"the labels at {path} are {array.dtype}, not integers: choose another labels folder")
+        return array
+    if not create:
+        raise FileNotFoundError(f"no saved labels at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = zarr.create_array(
+        str(path), shape=shape, chunks=labels_chunks(shape), dtype=dtype, fill_value=0, overwrite=False
+    )
+    array.attrs[ATTRS_KEY] = {"format": LABELS_FORMAT, "next_label": 1, "extents": {}, "seeds": {}}
+    return array
+
+
+def is_zarr(array: Any) -> bool:
+    return type(array).__module__.startswith("zarr")
+
+
+class LabelVolume:
+    """A label image with its bookkeeping and an undo history (see the module notes).
+
+    ``array``: a numpy array, or a zarr array (its attributes keep the bookkeeping), or
+    anything with numpy fancy-index reads and writes. ``history``: keep undo steps here
+    (``False`` when the caller keeps them, e.g. napari's Labels layer).
+    """
+
+    def __init__(self, array: Any, *, history: bool = True, history_limit: int = 50) -> None:
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integers, got {array.dtype}: convert them (e.g. astype(np.uint32))")
+        self.array = array
+        self._history = history
+        self._undo: deque[list] = deque(maxlen=history_limit)
+        self._redo: deque[list] = deque(maxlen=history_limit)
+        self._staged: list | None = None
+        self._lock = threading.RLock()
+        meta = dict(array.attrs.get(ATTRS_KEY, {})) if is_zarr(array) else {}
+        self._next: int | None = meta.get("next_label")
+        self.extents: dict[int, list[list[int]]] = {int(k): v for k, v in meta.get("extents", {}).items()}
+        self.seeds: dict[int, set[SeedPlane]] = {
+            int(k): {tuple(tuple(p) for p in plane) for plane in v} for k, v in meta.get("seeds", {}).items()
+        }
+        self.scans = 0  # how often the volume was scanned for its largest id (tests: once at most)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def on_disk(self) -> bool:
+        return is_zarr(self.array)
+
+    def read(self, index: tuple) -> np.ndarray:
+        return np.asarray(self.array[index])
+
+    def extent(self, label: int) -> tuple[slice, ...] | None:
+        """The box (data frame) that holds every pixel of ``label``, or ``None`` if it was never
+        written here (a volume with no bookkeeping: then the whole volume)."""
+        box = self.extents.get(int(label))
+        if box is None:
+            return None if self._next is not None else tuple(slice(0, s) for s in self.shape)
+        return tuple(slice(lo, hi) for lo, hi in box)
+
+    # ------------------------------------------------------------------ ids
+
+    def next_id(self) -> int:
+        """The next free label id (from the counter; a volume without one is scanned once)."""
+        with self._lock:
+            if self._next is None:
+                self._next = self._scan_max() + 1
+            return self._next
+
+    def claim(self, n: int = 1) -> list[int]:
+        """``n`` new ids, reserved (the counter moves on even if they are never written)."""
+        first = self.next_id()
+        with self._lock:
+            self._next = first + n
+        self._save_meta()
+        return list(range(first, first + n))
+
+    def _scan_max(self) -> int:
+        self.scans += 1
+        array = self.array
+        if isinstance(array, np.ndarray):
+            return int(array.max()) if array.size else 0
+        # chunk by chunk along the first axis: never the whole volume in RAM
+        best = 0
+        chunks = getattr(array, "chunks", None)  # zarr: ints; dask: tuples of ints
+        step = chunks[0] if chunks and isinstance(chunks[0], int) else 1
+        for start in range(0, self.shape[0], step):
+            best = max(best, int(np.asarray(array[start : start + step]).max()))
+        return best
+
+    def note_written(self, indices: tuple[np.ndarray, ...], values: Any) -> None:
+        """Bookkeeping for pixels written elsewhere (painting in a viewer): extents and the counter."""
+        values = np.asarray(values)
+        if not indices or not indices[0].size:
+            return
+        with self._lock:
+            labels = np.unique(values) if values.ndim else np.array([values])
+            for label in labels.tolist():
+                if label == 0:
+                    continue
+                sel = indices if values.ndim == 0 else tuple(ix[values == label] for ix in indices)
+                box = [[int(ix.min()), int(ix.max()) + 1] for ix in sel]
+                old = self.extents.get(int(label))
+                if old is not None:
+                    box = [[min(a[0], b[0]), max(a[1], b[1])] for a, b in zip(old, box, strict=True)]
+                self.extents[int(label)] = box
+            top = int(labels.max()) if labels.size else 0
+            if self._next is not None and top >= self._next:
+                self._next = top + 1
+        if self._staged is None:
+            self._save_meta()
+
+    def note_box(self, label: int, box: tuple[slice, ...]) -> None:
+        """Like ``note_written`` for a painted box (napari's masked paint steps)."""
+        idx = tuple(np.array([s.start, s.stop - 1]) for s in box)
+        self.note_written(idx, np.int64(label))
+
+    def add_seed(self, label: int, plane: SeedPlane) -> None:
+        self.seeds.setdefault(int(label), set()).add(tuple(plane))
+        if self._staged is None:
+            self._save_meta()
+
+    def forget(self) -> None:
+        """Drop the counter and extents (the array was replaced): the next id is scanned again."""
+        with self._lock:
+            self._next = None
+            self.extents.clear()
+            self.seeds.clear()
+
+    # ------------------------------------------------------------------ writing
+
+    def set(self, indices: tuple[np.ndarray, ...], values: Any) -> int:
+        """``array[indices] = values`` for the pixels that change; returns how many did."""
+        if not indices or not indices[0].size:
+            return 0
+        with self._lock:
+            old = np.asarray(self.array[indices])
+            values = np.broadcast_to(np.asarray(values, self.dtype), old.shape)
+            changed = old != values
+            if not changed.any():
+                return 0
+            indices = tuple(ix[changed] for ix in indices)
+            old, values = old[changed], np.ascontiguousarray(values[changed])
+            self._write(indices, values, old)
+            self.note_written(indices, values)
+            return int(changed.sum())
+
+    def _write(self, indices: tuple[np.ndarray, ...], values: np.ndarray, old: np.ndarray) -> None:
+        self.array[indices] = values
+        if self._history:
+            atom = (indices, old, values)
+            self._redo.clear()
+            if self._staged is not None:
+                self._staged.append(atom)
+            else:
+                self._undo.append([atom])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the writes inside into one undo step; the bookkeeping is saved once, at the end."""
+        with self._lock:
+            outer = self._staged is not None
+            if not outer:
+                self._staged = []
+            try:
+                yield
+            finally:
+                if not outer:
+                    staged, self._staged = self._staged, None
+                    if staged and self._history:
+                        self._undo.append(staged)
+                    self._save_meta()
+
+    def undo(self) -> bool:
+        """Undo the last step; ``False`` when there is none."""
+        return self._replay(self._undo, self._redo, undoing=True)
+
+    def redo(self) -> bool:
+        return self._replay(self._redo, self._undo, undoing=False)
+
+    def _replay(self, source: deque, target: deque, *, undoing: bool) -> bool:
+        with self._lock:
+            if not source:
+                return False
+            step = source.pop()
+            for indices, old, new in reversed(step) if undoing else step:
+                self.array[indices] = old if undoing else new
+                if not undoing:
+                    self.note_written(indices, new)
+            target.append(step)
+            return True
+
+    def _save_meta(self) -> None:
+        if not is_zarr(self.array):
+            return
+        meta = {
+            "format": LABELS_FORMAT,
+            "next_label": self._next,
+            "extents": {str(k): v for k, v in self.extents.items()},
+            "seeds": {str(k): sorted([list(map(list, p)) for p in v]) for k, v in self.seeds.items()},
+        }
+        json.dumps(meta)  # fail here, not half-written, on anything that is not JSON
+        self.array.attrs[ATTRS_KEY] = meta

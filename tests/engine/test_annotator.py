@@ -1,0 +1,229 @@
+"""The Qt-free annotator: the encoding queue (the tile under a prompt first), preview,
+commit with a counter, correction, undo and redo, propagation, segment everything, any
+viewing axis; on labels in RAM and on disk (a deterministic rule model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_hq.engine.annotator import Annotator, SlicePrompts
+from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
+from napari_sam_hq.engine.propagation import PropagationSettings
+from napari_sam_hq.engine.store import EmbeddingStore
+
+from .fake_predictor import FakeModel, FakePredictor, disc_image, ellipsoid_volume
+
+
+def _annotator(data, labels=None, *, tile_size=1024, overlap=256, model=None, **kw) -> Annotator:
+    model = model or FakeModel()
+    shape = data.shape[:-1] if kw.get("rgb") else data.shape
+    labels = labels if labels is not None else LabelVolume(np.zeros(shape, np.uint32))
+    return Annotator(
+        data, model=model, store=EmbeddingStore(None), labels=labels, tile_size=tile_size, overlap=overlap,
+        predictor_factory=FakePredictor, **kw,
+    )
+
+
+def _drain(ann: Annotator) -> list:
+    return [s for s in ann.iter_encode() if s.done]
+
+
+def _point(x, y, label=1) -> SlicePrompts:
+    return SlicePrompts(points=[(x, y)], labels=[label])
+
+
+def _discs(shape, discs, seed=0):
+    return disc_image(shape, discs, seed=seed, dtype=np.uint16, low=600, high=3000, noise=80)
+
+
+def test_2d_prompt_commit_counter_undo_redo():
+    image, truth = disc_image((120, 160), [(40, 50, 15), (80, 120, 18)])
+    ann = _annotator(image)
+    preview, errors = ann.decode({(): _point(50, 40)})
+    assert not preview and not errors and ann.waiting == {()}  # nothing stored yet: queued, not blocked
+    assert [s.key for s in _drain(ann)] == [()]
+    preview, _ = ann.decode({(): _point(50, 40)})
+    [obj] = preview[()]
+    assert obj.points_only and not obj.pending and not ann.waiting
+    (y0, x0), crop = ann.preview_crop(())
+    assert crop.shape == (31, 31) and (y0, x0) == (25, 35)  # only the object's box, not the plane
+    assert ann.commit() == [1]
+    assert np.array_equal(ann.labels.array > 0, truth == 1)
+    ann.decode({(): SlicePrompts(boxes=[(100, 60, 140, 100)])})
+    assert ann.commit() == [2] and ann.labels.next_id() == 3
+    assert ann.labels.scans == 1  # the counter: one scan of a fresh array, never per commit
+    assert ann.undo() and set(np.unique(ann.labels.array)) == {0, 1}
+    assert ann.redo() and set(np.unique(ann.labels.array)) == {0, 1, 2}
+    assert ann.labels.seeds == {1: {()}, 2: {()}}
+
+
+def test_existing_labels_are_never_overwritten_unless_asked_and_painting_moves_the_counter():
+    image, truth = disc_image((100, 100), [(50, 50, 20)])
+    mine = np.zeros((100, 100), np.uint32)
+    mine[:, :50] = 7
+    ann = _annotator(image, LabelVolume(mine))
+    _drain_after(ann, {(): _point(50, 50)})
+    [new] = ann.commit()
+    assert new == 8 and (mine[:, :50] == 7).all() and (mine[truth == 1][:, None] > 0).all()
+    # painting by hand (outside the annotator) with a large id: the counter follows
+    mine[0:3, 90:93] = 40
+    ann.labels.note_written(np.nonzero(mine == 40), 40)
+    _drain_after(ann, {(): SlicePrompts(boxes=[(30, 30, 70, 70)])})
+    assert ann.commit(overwrite=True) == [41]
+    assert (mine[:, :50] == 7).sum() < 50 * 100 and (mine == 40).sum() == 9  # hand painting kept
+
+
+def _drain_after(ann, prompts, **kw):
+    ann.decode(prompts, **kw)
+    _drain(ann)
+    return ann.decode(prompts, **kw)[0]
+
+
+def test_the_tile_under_the_prompt_is_encoded_first_and_a_cut_mask_is_redone():
+    # a disc wider than the overlap: the tile under its centre cuts it, the coarse pass holds it
+    image, truth = _discs((600, 900), [(190, 450, 150), (520, 80, 30)])
+    ann = _annotator(image, tile_size=384, overlap=128)
+    grid = ann.session.grid_tiles()
+    assert len(grid) == 8
+    ann.request([()], near=(80, 520))
+    first = next(s for s in ann.iter_encode() if s.done)
+    assert first.tile.contains((50, 490, 110, 550))  # the tile under the point, before the rest
+    ann.cancel_encoding()
+    encodes = ann.session.model.encodes
+    prompts = {(): _point(450, 190)}
+    assert ann.decode(prompts)[0] == {} and ann.waiting == {()}
+    assert ann.pending == 1  # just the one tile
+    _drain(ann)
+    [cut] = ann.decode(prompts)[0][()]
+    assert cut.pending and ann.waiting == {()} and ann.pending == 1  # shown at once, redone later
+    assert cut.mask.any() and not cut.mask[:, :344].any()
+    _drain(ann)
+    [whole] = ann.decode(prompts)[0][()]
+    assert not whole.pending and not ann.waiting
+    inter, union = (whole.mask & (truth == 1)).sum(), (whole.mask | (truth == 1)).sum()
+    assert inter / union > 0.9
+    assert ann.session.model.encodes == encodes + 2  # one tile and the coarse pass, not the 8 tiles
+
+
+def test_commit_on_two_slices_points_are_one_object_boxes_are_many():
+    stack = np.stack([disc_image((64, 80), [(30, 40, 12)], seed=s)[0] for s in range(5)])
+    ann = _annotator(stack)
+    prompts = {(1,): _point(40, 30), (3,): _point(40, 30)}
+    _drain_after(ann, prompts)
+    ids = ann.commit()
+    assert ids == [1] and [z for z in range(5) if ann.labels.array[z].any()] == [1, 3]
+    assert ann.labels.seeds[1] == {((0, 1),), ((0, 3),)}
+    _drain_after(ann, {(2,): SlicePrompts(boxes=[(20, 10, 60, 50), (0, 0, 10, 10)])})
+    assert ann.commit(overwrite=True) == [2]  # the empty box wrote nothing and took no id
+
+
+def test_propagate_correct_repropagate_in_ram_and_on_disk(tmp_path):
+    image, truth = ellipsoid_volume((16, 96, 96), (((8, 48, 48), (6, 24, 20)),))
+    for labels in (LabelVolume(np.zeros(image.shape, np.uint32)),
+                   LabelVolume(open_labels_zarr(tmp_path / "l.zarr", image.shape))):
+        ann = _annotator(image, labels)
+        _drain_after(ann, {(8,): _point(48, 48)})
+        [label] = ann.commit()
+        seeds = ann.propagation_seeds((8,))
+        assert list(seeds) == [label] and list(seeds[label]) == [8]
+        gen = ann.iter_propagate((8,), seeds, PropagationSettings())
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            found = stop.value
+        ann.apply_propagation((8,), found, seeds)
+        got = np.asarray(labels.array[:]) == label
+        inter, union = (got & (truth == 1)).sum(), (got | (truth == 1)).sum()
+        assert inter / union > 0.9
+        # the object's extent is what later reads look at
+        ext = labels.extent(label)
+        assert ext[0].start <= 3 and ext[0].stop >= 13
+        # correct slice 12 to nothing but a small part, propagate again from both seeds
+        before = np.asarray(labels.array[:]).copy()
+        part = np.zeros((96, 96), bool)
+        part[40:56, 40:56] = True
+        ann.preview = {(12,): [_obj(part)]}
+        assert ann.correct(label) == [(12,)]
+        assert labels.seeds[label] == {((0, 8),), ((0, 12),)}
+        seeds = ann.propagation_seeds((12,))
+        assert sorted(seeds[label]) == [8, 12]
+        ann.apply_propagation((12,), {}, seeds)  # nothing found: the old propagation is cleared
+        now = np.asarray(labels.array[:])
+        assert [z for z in range(16) if (now[z] == label).any()] == [8, 12]
+        assert ann.undo() and ann.undo()  # re-propagation, then the correction
+        np.testing.assert_array_equal(np.asarray(labels.array[:]), before)
+
+
+def _iou(a, b) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _obj(mask):
+    from napari_sam_hq.engine.annotator import PreviewObject
+
+    return PreviewObject(mask, 1.0, True)
+
+
+def test_labels_on_disk_keep_their_counter_extents_and_seeds_across_reopen(tmp_path):
+    image, _ = disc_image((80, 90), [(40, 45, 14)])
+    stack = np.stack([image] * 3)
+    path = tmp_path / "cells.labels.zarr"
+    ann = _annotator(stack, LabelVolume(open_labels_zarr(path, stack.shape)))
+    _drain_after(ann, {(1,): _point(45, 40)})
+    assert ann.commit() == [1]
+    reopened = LabelVolume(open_labels_zarr(path, stack.shape))
+    assert reopened.next_id() == 2 and reopened.scans == 0
+    assert reopened.seeds == {1: {((0, 1),)}} and reopened.extent(1)[0] == slice(1, 2)
+    assert (np.asarray(reopened.array[1]) == 1).sum() == (np.asarray(ann.labels.array[1]) == 1).sum()
+    with pytest.raises(ValueError, match="another image"):
+        open_labels_zarr(path, (4, 80, 90))
+
+
+def test_any_viewing_axis_segments_the_displayed_plane_and_writes_through_it():
+    image, truth = ellipsoid_volume((40, 64, 72), (((20, 30, 36), (12, 10, 14)),))
+    ann = _annotator(image)
+    assert ann.set_orientation((0, 2))  # XZ planes: rows = Z, cols = X, slices along Y
+    assert ann.lead_shape == (64,) and ann.plane_shape == (40, 72)
+    _drain_after(ann, {(30,): _point(36, 20)})
+    [obj] = ann.preview[(30,)]
+    assert _iou(obj.mask, truth[:, 30, :] == 1) > 0.9  # the XZ section: 24 rows of Z, not 20 of Y
+    [label] = ann.commit()
+    assert np.array_equal(ann.labels.array[:, 30, :] == label, obj.mask)
+    assert not ann.labels.array[:, 29, :].any()
+    assert ann.labels.seeds[label] == {((1, 30),)}
+    # back to YX: the embeddings of XZ stay stored, and the YX planes are their own
+    encodes = ann.session.model.encodes
+    assert ann.set_orientation((1, 2))
+    _drain_after(ann, {(20,): _point(36, 30)})
+    assert ann.session.model.encodes == encodes + 1
+    ann.set_orientation((0, 2))
+    _drain_after(ann, {(30,): _point(36, 20)})
+    assert ann.session_for().model.encodes == encodes + 1  # XZ slice 30 found again
+
+
+def test_segment_everything_objects_get_ids_after_the_counter():
+    image, _ = disc_image((60, 60), [(20, 20, 8)])
+    labels = np.zeros((60, 60), np.uint32)
+    labels[0, 0] = 5
+    ann = _annotator(image, LabelVolume(labels))
+    found = np.zeros((60, 60), np.uint32)
+    found[10:20, 10:20] = 1
+    found[30:40, 30:40] = 2
+    found[0, 0] = 1
+    assert ann.add_objects((), found) == [6, 7]
+    assert labels[0, 0] == 5 and (labels[10:20, 10:20] == 6).all()
+    assert ann.undo() and set(np.unique(labels)) == {0, 5}
+
+
+def test_bad_labels_are_refused_with_the_fix():
+    image, _ = disc_image((30, 30), [(10, 10, 5)])
+    with pytest.raises(ValueError, match="integers"):
+        LabelVolume(np.zeros((30, 30), np.float32))
+    ann = _annotator(image, LabelVolume(np.zeros((31, 30), np.uint32)))
+    ann.preview = {(): [_obj(np.ones((30, 30), bool))]}
+    with pytest.raises(ValueError, match="shape"):
+        ann.commit()
+    with pytest.raises(ValueError, match="label id above 0"):
+        ann.correct(0)
