@@ -16,10 +16,11 @@ pytestmark = pytest.mark.gui
 
 def _permissive(widget) -> None:
     """Random weights: scores and stability mean nothing, let every mask through."""
-    widget.points_side_spin.setValue(4)
-    widget.auto_iou_spin.setValue(0.0)
-    widget.auto_stability_spin.setValue(0.0)
-    widget.max_fraction_spin.setValue(1.0)
+    form = widget.auto_form
+    form.points_per_side.value = 4
+    form.pred_iou_thresh.value = 0.0
+    form.stability_score_thresh.value = 0.0
+    form.max_mask_fraction.value = 1.0
 
 
 def test_segment_everything_adds_labels_keeps_mine_and_undoes(make_napari_viewer, qtbot, checkpoint):
@@ -34,7 +35,7 @@ def test_segment_everything_adds_labels_keeps_mine_and_undoes(make_napari_viewer
     _permissive(widget)
     widget.auto_settings()  # valid
     assert widget.segment_everything() is not None
-    qtbot.waitUntil(lambda: widget._auto_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
     data = viewer.layers["mine"].data
     assert (data[:10, :10] == 5).all()  # never overwritten
     assert data.max() > 5  # new ids after the largest
@@ -50,7 +51,7 @@ def test_segment_everything_on_a_stack_links_slices(make_napari_viewer, qtbot, c
     _permissive(widget)
     widget.auto_stack_check.setChecked(True)
     widget.segment_everything()
-    qtbot.waitUntil(lambda: widget._auto_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
     labels = viewer.layers[C.LABELS_LAYER].data
     assert labels.shape == (3, 64, 64) and labels.any()
     # identical slices: the same objects with the same ids on every slice

@@ -27,7 +27,8 @@ def test_slice_on_screen_first_then_its_neighbours(make_napari_viewer, qtbot, ch
     order = []
     widget.store().put = _recording(widget.store().put, order)
     viewer.dims.set_current_step(0, 7)
-    qtbot.waitUntil(lambda: widget._embed_worker is None and len(order) == 5, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
+    assert len(order) == 5
     assert order[0] == (7,) and sorted(order) == [(5,), (6,), (7,), (8,), (9,)]
     assert sorted(_ready(widget, layer)) == [(0,), (5,), (6,), (7,), (8,), (9,)]
 
@@ -100,11 +101,11 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     before = labels.data.copy()
     assert [z for z in range(6) if (before[z] == label).any()] == [2]
     # random weights: make it go through every slice
-    widget.score_spin.setValue(0.0)
-    widget.iou_spin.setValue(0.0)
+    widget.propagation_form.score_threshold.value = 0.0
+    widget.propagation_form.iou_threshold.value = 0.0
     worker = widget.propagate()
     assert worker is not None
-    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
     after = labels.data.copy()
     reached = [z for z in range(6) if (after[z] == label).any()]
     assert len(reached) > 1 and set(np.unique(after)) == {0, label}
@@ -120,7 +121,7 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     assert set(np.unique(labels.data)) <= {0, label}
     widget.selected_only_check.setChecked(True)
     widget.propagate()
-    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
     final = labels.data.copy()
     assert set(np.unique(final)) <= {0, label}  # still one 3D object
     assert np.array_equal(final[4], corrected) and np.array_equal(final[2], before[2])

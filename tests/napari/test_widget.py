@@ -27,7 +27,7 @@ def _widget(viewer, checkpoint) -> SamHQWidget:
 def _embed(qtbot, widget, keys=None):
     worker = widget.compute_embeddings(keys=keys)
     assert worker is not None
-    qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
 
 
 def _ready(widget, layer) -> list:
@@ -39,11 +39,9 @@ def _ready(widget, layer) -> list:
 
 
 def _wait_preview(qtbot, widget, n_objects: int):
-    qtbot.waitUntil(
-        lambda: widget._decode_worker is None
-        and sum(len(o) for o in widget._preview_objects.values()) == n_objects,
-        timeout=TIMEOUT,
-    )
+    widget.wait(timeout=TIMEOUT / 1000)
+    preview = widget.annotator().preview
+    assert sum(len(o) for o in preview.values()) == n_objects, preview
 
 
 def test_2d_points_preview_commit_undo(make_napari_viewer, qtbot, checkpoint):
@@ -55,16 +53,22 @@ def test_2d_points_preview_commit_undo(make_napari_viewer, qtbot, checkpoint):
     points = viewer.layers[C.POINTS_LAYER]
     points.add([100, 120])  # (row, col)
     _wait_preview(qtbot, widget, 1)
-    preview = viewer.layers[C.PREVIEW_LAYER].data
-    assert preview.shape == (200, 260) and (preview == 1).any()
-    expected = preview == 1
+    [obj] = widget.annotator().preview[()]
+    preview = viewer.layers[C.PREVIEW_LAYER]
+    (y0, x0), crop = widget.annotator().preview_crop(())
+    # the preview layer holds the object's box only, placed where it belongs
+    assert preview.visible and preview.data.shape == crop.shape  # (random weights: the box may be all)
+    np.testing.assert_allclose(preview.translate, [y0, x0])
+    assert np.array_equal(preview.data == 1, obj.mask[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]])
     widget.commit_button.click()
     labels = viewer.layers[C.LABELS_LAYER]
     assert labels.data.shape == (200, 260)
-    assert np.array_equal(labels.data > 0, expected)
-    assert len(points.data) == 0 and not viewer.layers[C.PREVIEW_LAYER].data.any()
+    assert np.array_equal(labels.data > 0, obj.mask)
+    assert len(points.data) == 0 and not preview.visible and not widget.annotator().preview
     widget.undo_button.click()
     assert not labels.data.any()
+    widget.redo_button.click()
+    assert np.array_equal(labels.data > 0, obj.mask)
 
 
 def test_negative_points_are_marked_and_used(make_napari_viewer, qtbot, checkpoint):
@@ -143,15 +147,19 @@ def test_cancel_mid_embedding_and_layer_removal(make_napari_viewer, qtbot, check
     widget.compute_embeddings()
     qtbot.waitUntil(lambda: len(_ready(widget, layer)) >= 1, timeout=TIMEOUT)
     widget.cancel_button.click()
-    qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
+    widget.wait(timeout=TIMEOUT / 1000)
     assert 1 <= len(_ready(widget, layer)) < 12
     assert widget.compute_button.isEnabled()
     # Removing the image while it is being encoded cancels cleanly.
     widget.compute_embeddings()
     qtbot.waitUntil(lambda: widget.progress_bar.value() > 0, timeout=TIMEOUT)
     viewer.layers.remove(layer)
-    qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
-    assert layer.unique_id not in widget._sessions
+    widget.wait(timeout=TIMEOUT / 1000)
+    assert not widget.busy and len(_ready_in_store(widget)) < 12
+
+
+def _ready_in_store(widget) -> list:
+    return [k for k in widget.store().entries(widget.store().model_id(widget.model.name, widget.model.checkpoint_id))]
 
 
 def test_slice_without_embedding_is_computed_on_demand(make_napari_viewer, qtbot, checkpoint):
@@ -161,9 +169,13 @@ def test_slice_without_embedding_is_computed_on_demand(make_napari_viewer, qtbot
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget, keys=[(0,)])
     viewer.layers[C.POINTS_LAYER].add([2, 30, 40])
-    qtbot.waitUntil(lambda: (2,) in _ready(widget, viewer.layers["stack"]), timeout=TIMEOUT)
     _wait_preview(qtbot, widget, 1)
-    assert viewer.layers[C.PREVIEW_LAYER].data[2].any()
+    assert (2,) in _ready(widget, viewer.layers["stack"])
+    assert list(widget.annotator().preview) == [(2,)]
+    preview = viewer.layers[C.PREVIEW_LAYER]
+    assert not preview.visible  # slice 0 is on screen; its preview shows on slice 2
+    viewer.dims.set_current_step(0, 2)
+    assert preview.visible and preview.data.shape[0] == 1 and preview.translate[0] == 2 and preview.data.any()
 
 
 def test_changed_data_is_never_served_stale(make_napari_viewer, qtbot, checkpoint):
@@ -171,12 +183,12 @@ def test_changed_data_is_never_served_stale(make_napari_viewer, qtbot, checkpoin
     layer = viewer.add_image(blob_image(64, 64, seed=5, channels=1), name="img")
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget)
-    assert widget._is_ready(layer, ())
+    assert widget.session(layer).is_ready(())
     layer.data[3, 3] += 1  # in place: the same array, other pixels
-    assert not widget._is_ready(layer, ())
+    assert not widget.session(layer).is_ready(())
     layer.data = layer.data.copy()  # a new array with the same pixels: found again
     layer.data[3, 3] -= 1
-    assert widget._is_ready(layer, ())
+    assert widget.session(layer).is_ready(())
 
 
 def test_bad_inputs_notify_and_never_crash(make_napari_viewer, qtbot, tmp_path):
@@ -185,7 +197,8 @@ def test_bad_inputs_notify_and_never_crash(make_napari_viewer, qtbot, tmp_path):
     assert widget.compute_embeddings() is None  # no image layer: a warning, no worker
     viewer.add_image(blob_image(32, 32, channels=1), name="img")
     assert widget.compute_embeddings() is not None
-    qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=TIMEOUT)
+    with pytest.raises(Exception, match="missing.pth"):
+        widget.wait(timeout=TIMEOUT / 1000)
     assert "Error" in widget.status_label.text() and "missing.pth" in widget.status_label.text()
     assert widget.model is None and widget.compute_button.isEnabled()
     assert widget.commit() == []  # nothing to commit
@@ -198,7 +211,9 @@ def test_two_viewers_have_their_own_state(make_napari_viewer, qtbot, checkpoint)
     w1, w2 = _widget(v1, checkpoint), _widget(v2, checkpoint)
     _embed(qtbot, w1)
     assert w1.model is not None and w2.model is None
-    assert w1._sessions and not w2._sessions
+    assert w1.annotator().pending == 0 and w1.session().is_ready(())
+    with pytest.raises(RuntimeError):
+        w2.session()
     assert v2.layers[C.POINTS_LAYER] is not v1.layers[C.POINTS_LAYER]
 
 

@@ -24,3 +24,4 @@ TILE_OVERLAP = 256
 PREFETCH = 2  # slices on each side of the one on screen, encoded next
 STORE_RAM_ENTRIES = 16  # float16 embeddings kept in RAM by the store (~6 MB each)
 READY_TILES = 6  # decoder-ready tiles (float32 + transformer projections, ~20 MB each for vit_b)
+LABELS_DISK_GB = 1.0  # new "SAM-HQ labels" larger than this (dense) live in a zarr on disk

@@ -1,100 +1,98 @@
-"""Adapters between napari layers and the engine: planes, slice keys and prompts.
+"""Adapters between napari layers and the engine: image data, the displayed plane, slice
+keys, prompts, and Labels layers as ``LabelVolume`` s.
 
-Frames: an image layer's data has ``L`` leading (slicing) axes, then Y and X, then a
-colour axis when ``layer.rgb``. A *slice key* is the tuple of the ``L`` leading indices
-(``()`` for a 2D image). Prompt layers share the image's data coordinates (the widget
-creates them with the image's scale and translate), so a point ``(*lead, y, x)`` lies
-on slice ``round(lead)`` at pixel ``(x, y)`` for the engine.
+Frames: an image layer's data has spatial axes, then a colour axis when ``layer.rgb``;
+a multiscale layer is segmented at its full resolution (level 0), whose pixels are the
+layer's data coordinates. The *plane* is the two data axes the viewer displays (any two,
+after Transpose or Roll: an ``Orientation``); the others are slicing axes and a *slice
+key* is the tuple of their indices (``()`` for a 2D image). Prompt layers share the
+image's data coordinates (the widget creates them with the image's scale and translate),
+so a point lies on slice ``round(coords[slicing axes])`` at plane pixel
+``(x, y) = (coords[column axis], coords[row axis])``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..engine.annotator import SlicePrompts
+from ..engine.labels import LabelVolume
+from ..engine.orientation import Orientation
 from .constants import NEGATIVE
 
 if TYPE_CHECKING:
     import napari
 
 SliceKey = tuple[int, ...]
+__all__ = ["LayerLabels", "SlicePrompts", "collect_prompts", "current_key", "image_data", "orientation_of"]
 
 
-def leading_ndim(layer: napari.layers.Image) -> int:
-    """Number of slicing axes in front of Y and X."""
-    return layer.data.ndim - (3 if layer.rgb else 2)
+def image_data(layer: napari.layers.Image) -> Any:
+    """The array to segment: the full-resolution level of a multiscale layer, else the data."""
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 def spatial_shape(layer: napari.layers.Image) -> tuple[int, ...]:
-    """Shape without the colour axis: the shape of matching Labels layers."""
-    return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+    """Shape without the colour axis (full resolution): the shape of matching Labels layers."""
+    shape = tuple(int(s) for s in image_data(layer).shape)
+    return shape[:-1] if layer.rgb else shape
 
 
-def all_keys(layer: napari.layers.Image) -> list[SliceKey]:
-    lead = layer.data.shape[: leading_ndim(layer)]
-    return [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)] if lead else [()]
+def leading_ndim(layer: napari.layers.Image) -> int:
+    """Number of slicing axes (spatial axes besides the plane's two)."""
+    return len(spatial_shape(layer)) - 2
 
 
-def current_key(viewer: napari.viewer.Viewer, layer: napari.layers.Image) -> SliceKey:
-    """The slice the viewer shows of ``layer`` (leading data indices, clipped)."""
-    n = leading_ndim(layer)
-    if n == 0:
+def orientation_of(viewer: napari.viewer.Viewer, layer: napari.layers.Image) -> Orientation | None:
+    """The plane the viewer displays of ``layer`` (``None`` in 3D display or when a displayed
+    axis is not one of the layer's)."""
+    ndim = len(spatial_shape(layer))
+    if viewer.dims.ndisplay != 2:
+        return None
+    offset = viewer.dims.ndim - ndim  # a layer with fewer axes is aligned to the last ones
+    axes = tuple(int(a) - offset for a in viewer.dims.displayed)
+    if any(not 0 <= a < ndim for a in axes):
+        return None
+    return Orientation(ndim, axes)
+
+
+def current_key(viewer: napari.viewer.Viewer, layer: napari.layers.Image, orientation: Orientation) -> SliceKey:
+    """The slice the viewer shows of ``layer`` (slicing-axis data indices, clipped)."""
+    if not orientation.lead_axes:
         return ()
-    data_point = np.asarray(layer.world_to_data(viewer.dims.point))
-    shape = layer.data.shape
-    return tuple(int(np.clip(np.round(data_point[i]), 0, shape[i] - 1)) for i in range(n))
+    ndim = len(spatial_shape(layer))
+    world = np.asarray(viewer.dims.point)[-ndim:]
+    data_point = np.asarray(layer.world_to_data(world))
+    shape = spatial_shape(layer)
+    return tuple(int(np.clip(np.round(data_point[a]), 0, shape[a] - 1)) for a in orientation.lead_axes)
 
 
-@dataclass
-class SlicePrompts:
-    """Prompts on one slice, in engine (x, y) pixels."""
-
-    points: list[tuple[float, float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-
-    def objects(self) -> list[dict]:
-        """One prompt dict per object (``predict`` keyword arguments).
-
-        Rule: every box is an object, refined by the points inside it; the points inside
-        no box form one more object (if any of them is positive).
-        """
-        pts = np.asarray(self.points, float).reshape(-1, 2)
-        labels = np.asarray(self.labels, int)
-        used = np.zeros(len(pts), bool)
-        objects = []
-        for box in self.boxes:
-            x0, y0, x1, y1 = box
-            inside = (pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)
-            used |= inside
-            obj: dict = {"box": np.array(box)}
-            if inside.any():
-                obj.update(point_coords=pts[inside], point_labels=labels[inside])
-            objects.append(obj)
-        rest = ~used
-        if rest.any() and (labels[rest] == 1).any():
-            objects.append({"point_coords": pts[rest], "point_labels": labels[rest]})
-        return objects
+def all_keys(shape: tuple[int, ...], orientation: Orientation) -> list[SliceKey]:
+    lead = tuple(shape[a] for a in orientation.lead_axes)
+    return [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)] if lead else [()]
 
 
 def collect_prompts(
     points: napari.layers.Points | None,
     boxes: napari.layers.Shapes | None,
-    n_lead: int,
+    orientation: Orientation,
     shape_hw: tuple[int, int],
 ) -> tuple[dict[SliceKey, SlicePrompts], list[str]]:
-    """Prompts grouped by slice, and warnings for prompts that cannot be used."""
+    """Prompts grouped by slice (plane pixels of ``orientation``), and warnings for prompts
+    that cannot be used."""
     by_slice: dict[SliceKey, SlicePrompts] = defaultdict(SlicePrompts)
     warnings: list[str] = []
     h, w = shape_hw
+    lead, (row, col) = orientation.lead_axes, orientation.plane_axes
     if points is not None and len(points.data):
         labels = points.features["label"].astype(str).to_numpy() if "label" in points.features else None
         for i, coord in enumerate(np.asarray(points.data)):
-            key = tuple(int(round(c)) for c in coord[:n_lead])
-            y, x = float(coord[n_lead]), float(coord[n_lead + 1])
+            key = tuple(int(round(coord[a])) for a in lead)
+            y, x = float(coord[row]), float(coord[col])
             if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
                 warnings.append(f"point at (x={x:.0f}, y={y:.0f}) is outside the image and was ignored")
                 continue
@@ -107,8 +105,8 @@ def collect_prompts(
             if kind != "rectangle":
                 warnings.append(f"a {kind} in the boxes layer was ignored: only rectangles are boxes")
                 continue
-            key = tuple(int(round(c)) for c in verts[0, :n_lead])
-            ys, xs = verts[:, n_lead], verts[:, n_lead + 1]
+            key = tuple(int(round(verts[0, a])) for a in lead)
+            ys, xs = verts[:, row], verts[:, col]
             box = (
                 float(np.clip(xs.min(), 0, w - 1)),
                 float(np.clip(ys.min(), 0, h - 1)),
@@ -116,7 +114,56 @@ def collect_prompts(
                 float(np.clip(ys.max(), 0, h - 1)),
             )
             if box[2] <= box[0] or box[3] <= box[1]:
-                warnings.append("a box outside the image was ignored")
+                warnings.append("a box outside the image (or drawn in another plane) was ignored")
                 continue
             by_slice[key].boxes.append(box)
     return dict(by_slice), warnings
+
+
+class LayerLabels(LabelVolume):
+    """A napari Labels layer as the annotator's labels: writes go through
+    ``layer.data_setitem`` (drawn at once, one step of the layer's own undo history per
+    transaction, so Ctrl+Z undoes a commit and painting by hand in between is kept), and
+    painting with napari's tools keeps the counter and extents up to date."""
+
+    def __init__(self, layer: napari.layers.Labels) -> None:
+        super().__init__(layer.data, history=False)
+        self.layer = layer
+        self._ours = 0
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+
+    def _write(self, indices, values, old) -> None:
+        self.layer.data_setitem(indices, values)
+
+    @contextmanager
+    def transaction(self):
+        self._ours += 1
+        try:
+            with self.layer.block_history(), super().transaction():
+                yield
+        finally:
+            self._ours -= 1
+
+    def undo(self) -> bool:
+        self.layer.undo()
+        return True
+
+    def redo(self) -> bool:
+        self.layer.redo()
+        return True
+
+    def _on_paint(self, event: Any) -> None:
+        if self._ours:
+            return  # our own writes: already noted
+        for atom in event.value:
+            if hasattr(atom, "slice_key"):  # a masked paint step: a box and one label
+                self.note_box(int(atom.new_value), atom.slice_key)
+            else:
+                indices, _, new = atom
+                self.note_written(tuple(np.asarray(i) for i in indices), new)
+
+    def _on_data(self, _event: Any = None) -> None:
+        if self.layer.data is not self.array:  # replaced: the bookkeeping is not about it
+            self.array = self.layer.data
+            self.forget()

@@ -2,11 +2,13 @@
 everything, measurement. One class each, mixed into ``SamHQWidget``.
 
 Each uses these parts of the host widget: ``viewer``, ``model``, ``image_layer``,
-``session()``, ``_target_labels()``, ``overwrite_check``, ``labels_combo``,
-``progress_bar``, ``status_label``, ``cancel_button``, ``_embed_worker``,
-``_on_worker_error``, and ``_committed`` (the slices the user committed per label, which
-``commit`` records and propagation uses as seeds). Like the rest of the widget, workers run the engine's generators and
-layers change only in their handlers, on the GUI thread.
+``annotator()``, ``_oriented()``, ``_target_labels()``, ``labels_volume()``,
+``overwrite_check``, ``labels_combo``, ``progress_bar``, ``status_label``,
+``cancel_button``, ``_embed_worker`` and ``_on_worker_error``. The annotator keeps the
+seeds (the slices a user committed per label) and writes the results. Like the rest of
+the widget, workers run the engine's generators and layers change only in their
+handlers, on the GUI thread. Settings forms are magicgui forms of the engine's settings
+dataclasses (``forms``).
 """
 
 from __future__ import annotations
@@ -17,26 +19,27 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
 )
 
-from ..engine.automatic import AutoSettings
 from ..engine.propagation import PropagationSettings
-from .commit import add_labels, apply_planes
-from .layers import SliceKey, current_key, leading_ndim
+from ..engine.settings import AutoSettings
+from .forms import read_settings, settings_form
+from .layers import SliceKey
+
+UNIT = dict(min=0.0, max=1.0, step=0.05)
 
 
 def _tool_target(host, running, busy: str, missing: str):
-    """The chosen image and the labels layer a tool writes to, or ``None`` after telling the
-    user why not (no image or model yet, the tool already running, an unusable labels layer)."""
+    """The chosen image's annotator turned to the plane on screen, the slice shown and the
+    labels layer a tool writes to (bound to the annotator), or ``None`` after telling the
+    user why not (no image or model yet, the tool already running, unusable labels)."""
     image = host.image_layer
     if image is None or host.model is None:
         show_info(f"SAM-HQ: {missing}")
@@ -44,11 +47,17 @@ def _tool_target(host, running, busy: str, missing: str):
     if running is not None:
         show_info(f"SAM-HQ: {busy} is already running")
         return None
+    found = host._oriented(image)
+    if found is None:
+        return None
+    ann, here = found
     try:
-        return image, host._target_labels(image)
-    except ValueError as err:
+        target = host._target_labels(image)
+        ann.labels = host.labels_volume(target)
+    except (ValueError, OSError) as err:
         show_error(f"SAM-HQ: {err}")
         return None
+    return ann, here, target
 
 
 def _show_progress(host, message: tuple[float, str]) -> None:
@@ -58,14 +67,12 @@ def _show_progress(host, message: tuple[float, str]) -> None:
     host.status_label.setText(text)
 
 
-def _unit_spin(value: float, step: float, tip: str = "") -> QDoubleSpinBox:
-    spin = QDoubleSpinBox()
-    spin.setRange(0.0, 1.0)
-    spin.setSingleStep(step)
-    spin.setDecimals(2)
-    spin.setValue(value)
-    spin.setToolTip(tip)
-    return spin
+def _settings(host, cls, form):
+    try:
+        return read_settings(cls, form)
+    except ValueError as err:
+        show_error(f"SAM-HQ: {err}")
+        return None
 
 
 class PropagationTool:
@@ -83,16 +90,20 @@ class PropagationTool:
             "Commit replaces the selected label on this slice instead of adding new objects; "
             "then Propagate again from the corrected slice"
         )
-        defaults = PropagationSettings()
-        self.score_spin = _unit_spin(defaults.score_threshold, 0.05, "Stop where the predicted IoU falls below this")
-        self.iou_spin = _unit_spin(
-            defaults.iou_threshold, 0.05, "Stop where the overlap (IoU) with the previous slice falls below this"
+        self.propagation_form = settings_form(
+            PropagationSettings,
+            {
+                "score_threshold": dict(UNIT, tooltip="Stop where the predicted IoU falls below this"),
+                "iou_threshold": dict(UNIT, tooltip="Stop where the overlap (IoU) with the previous slice falls below"),
+                "min_area": dict(min=1, max=10**7, tooltip="Stop where the object has fewer pixels than this"),
+            },
+            labels={"score_threshold": "Stop below score", "iou_threshold": "Stop below IoU",
+                    "min_area": "Min area (px)"},
         )
         box = QGroupBox("Stacks")
         form = QFormLayout(box)
         form.addRow(self.into_selected_check)
-        form.addRow("Stop below score", self.score_spin)
-        form.addRow("Stop below IoU", self.iou_spin)
+        form.addRow(self.propagation_form.native)
         form.addRow(self.selected_only_check)
         form.addRow(self.propagate_button)
         self.propagate_button.clicked.connect(lambda: self.propagate())
@@ -100,9 +111,9 @@ class PropagationTool:
 
     def propagate(self):
         """Propagate the objects of the current slice (or the selected label) through the
-        stack along the last slicing axis. Returns the worker, or ``None``."""
+        stack along the last slicing axis of the plane on screen. Returns the worker, or ``None``."""
         image = self.image_layer
-        if image is not None and leading_ndim(image) == 0:
+        if image is not None and len(image.data.shape) - (1 if image.rgb else 0) < 3 and not image.multiscale:
             show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
             return None
         found = _tool_target(
@@ -110,34 +121,24 @@ class PropagationTool:
         )
         if found is None:
             return None
-        image, target = found
-        n = leading_ndim(image)
-        from ..engine.propagation import seeds_from_labels
-
-        axis = n - 1
-        here = current_key(self.viewer, image)
-        prefix = here[:axis]
-        stack = target.data[prefix] if prefix else target.data  # N x H x W along the axis
-        if self.selected_only_check.isChecked():
-            ids = [int(target.selected_label)]
-        else:
-            ids = [int(i) for i in np.unique(np.asarray(stack[here[axis]])) if i != 0]
+        ann, here, target = found
+        if not ann.lead_shape:
+            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
+            return None
+        settings = _settings(self, PropagationSettings, self.propagation_form)
+        if settings is None:
+            return None
+        ids = [int(target.selected_label)] if self.selected_only_check.isChecked() else ann.labels_on(here)
         if not ids or ids == [0]:
             show_info("SAM-HQ: no object on this slice to propagate: commit one first (or pick its label)")
             return None
-        tracked = self._committed.get(target.unique_id, {})
-        slices = {
-            label: {k[axis] for k in tracked[label] if k[:axis] == prefix}
-            for label in ids if tracked.get(label) and any(k[:axis] == prefix for k in tracked[label])
-        }
-        seeds = seeds_from_labels(stack, ids, slices=slices)
+        seeds = ann.propagation_seeds(here, ids)
         if not seeds:
             show_info(f"SAM-HQ: label(s) {ids} have no pixels in this stack")
             return None
-        settings = PropagationSettings(score_threshold=self.score_spin.value(), iou_threshold=self.iou_spin.value())
-        worker = self._propagate_job(self.session(image), seeds, axis, here, settings)
+        worker = self._propagate_job(ann, here, seeds, settings)
         worker.yielded.connect(lambda message: _show_progress(self, message))
-        worker.returned.connect(lambda found: self._on_propagated(target, prefix, found, slices, seeds))
+        worker.returned.connect(lambda result: self._on_propagated(ann, target, here, result, seeds))
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_propagate_finished)
         self._propagate_worker = worker
@@ -148,22 +149,15 @@ class PropagationTool:
         return worker
 
     @thread_worker
-    def _propagate_job(self, session, seeds, axis, base_key, settings):
-        from ..engine.propagation import iter_propagate
+    def _propagate_job(self, ann, here, seeds, settings):
+        return (yield from ann.iter_propagate(here, seeds, settings))
 
-        return (yield from iter_propagate(session, seeds, axis=axis, base_key=base_key, settings=settings))
-
-    def _on_propagated(self, target, prefix, found, slices, seeds) -> None:
-        from ..engine.propagation import write_propagation
-
+    def _on_propagated(self, ann, target, here, found, seeds) -> None:
         if target not in self.viewer.layers:
             show_warning("SAM-HQ: the labels layer was removed during propagation; nothing written")
             return
-        stack = target.data[prefix] if prefix else target.data
-        planes = write_propagation(
-            stack, found, overwrite=self.overwrite_check.isChecked(), seeds={k: v for k, v in slices.items()}
-        )
-        apply_planes(target, prefix, planes)
+        ann.labels = self.labels_volume(target)
+        ann.apply_propagation(here, found, seeds, overwrite=self.overwrite_check.isChecked())
         reach = sorted(found)
         span = f"slices {reach[0]}-{reach[-1]}" if reach else "no new slice"
         self.status_label.setText(f"Propagated {len(seeds)} object(s): {span} ({len(found)} slices).")
@@ -181,60 +175,55 @@ class SegmentEverythingTool:
 
     def _build_segment_everything(self) -> QGroupBox:
         self._auto_worker = None
-        auto = AutoSettings()
         self.auto_button = QPushButton("Segment everything")
         self.auto_button.setToolTip("Prompt a grid of points and add every object found as a new label")
         self.auto_stack_check = QCheckBox("Whole stack (linked in 3D)")
-        self.points_side_spin = QSpinBox()
-        self.points_side_spin.setRange(4, 128)
-        self.points_side_spin.setValue(auto.points_per_side)
-        self.auto_iou_spin = _unit_spin(auto.pred_iou_thresh, 0.01)
-        self.auto_stability_spin = _unit_spin(auto.stability_score_thresh, 0.01)
-        self.min_area_spin = QSpinBox()
-        self.min_area_spin.setRange(0, 100000)
-        self.min_area_spin.setValue(auto.min_mask_region_area)
-        self.min_area_spin.setToolTip("Holes and islands smaller than this (pixels) are removed")
-        self.max_fraction_spin = _unit_spin(
-            auto.max_mask_fraction, 0.05, "Masks covering more of the image than this (the background) are dropped"
+        self.auto_form = settings_form(
+            AutoSettings,
+            {
+                "points_per_side": dict(min=4, max=128),
+                "pred_iou_thresh": dict(UNIT, step=0.01),
+                "stability_score_thresh": dict(UNIT, step=0.01),
+                "min_mask_region_area": dict(min=0, max=100000,
+                                             tooltip="Holes and islands smaller than this (pixels) are removed"),
+                "max_mask_fraction": dict(min=0.01, max=1.0, step=0.05,
+                                          tooltip="Masks covering more of the image than this (the background) "
+                                                  "are dropped"),
+            },
+            labels={"points_per_side": "Points per side", "pred_iou_thresh": "Min predicted IoU",
+                    "stability_score_thresh": "Min stability", "min_mask_region_area": "Min area (px)",
+                    "max_mask_fraction": "Max area (fraction)"},
         )
-        self.max_fraction_spin.setMinimum(0.01)
         box = QGroupBox("Segment everything")
         form = QFormLayout(box)
-        form.addRow("Points per side", self.points_side_spin)
-        form.addRow("Min predicted IoU", self.auto_iou_spin)
-        form.addRow("Min stability", self.auto_stability_spin)
-        form.addRow("Min area (px)", self.min_area_spin)
-        form.addRow("Max area (fraction)", self.max_fraction_spin)
+        form.addRow(self.auto_form.native)
         form.addRow(self.auto_stack_check)
         form.addRow(self.auto_button)
         self.auto_button.clicked.connect(lambda: self.segment_everything())
         return box
 
     def auto_settings(self) -> AutoSettings:
-        return AutoSettings(
-            points_per_side=self.points_side_spin.value(),
-            pred_iou_thresh=self.auto_iou_spin.value(),
-            stability_score_thresh=self.auto_stability_spin.value(),
-            min_mask_region_area=self.min_area_spin.value(),
-            max_mask_fraction=self.max_fraction_spin.value(),
-        )
+        """The form's settings (``ValueError`` names a bad value)."""
+        return read_settings(AutoSettings, self.auto_form)
 
     def segment_everything(self):
-        """Automatic segmentation of the current slice (or the whole 3D stack) into new labels.
-        Returns the worker, or ``None``."""
+        """Automatic segmentation of the current slice (or the whole stack, linked along its
+        first slicing axis) into new labels. Returns the worker, or ``None``."""
         found = _tool_target(self, self._auto_worker, "segment everything",
                              "pick an image and compute embeddings first (the model loads then)")
         if found is None:
             return None
-        image, target = found
-        here = current_key(self.viewer, image)
+        ann, here, target = found
+        settings = _settings(self, AutoSettings, self.auto_form)
+        if settings is None:
+            return None
         whole = self.auto_stack_check.isChecked() and len(here) == 1
         if self.auto_stack_check.isChecked() and len(here) > 1:
             show_info("SAM-HQ: whole-stack linking works along one slicing axis; segmenting this slice only")
         keys = None if whole else [here]
-        worker = self._auto_job(self.session(image), keys, self.auto_settings())
+        worker = self._auto_job(ann.session, keys, settings)
         worker.yielded.connect(lambda message: _show_progress(self, message))
-        worker.returned.connect(lambda labels: self._on_auto_done(target, () if whole else here, labels))
+        worker.returned.connect(lambda labels: self._on_auto_done(ann, target, None if whole else here, labels))
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_auto_finished)
         self._auto_worker = worker
@@ -250,12 +239,15 @@ class SegmentEverythingTool:
 
         return (yield from iter_segment_everything(session, keys, settings))
 
-    def _on_auto_done(self, target, key: SliceKey, labels: np.ndarray) -> None:
+    def _on_auto_done(self, ann, target, key: SliceKey | None, labels: np.ndarray) -> None:
         if target not in self.viewer.layers:
             show_warning("SAM-HQ: the labels layer was removed; nothing written")
             return
-        n = add_labels(target, key, labels, overwrite=self.overwrite_check.isChecked())
-        self.status_label.setText(f"Segment everything: {n} new object(s). Correct with prompts; Ctrl+Z undoes it.")
+        ann.labels = self.labels_volume(target)
+        new = ann.add_objects(key, labels, overwrite=self.overwrite_check.isChecked())
+        self.status_label.setText(
+            f"Segment everything: {len(new)} new object(s). Correct with prompts; Ctrl+Z undoes it."
+        )
         self.progress_bar.setValue(1000)
 
     def _on_auto_finished(self) -> None:

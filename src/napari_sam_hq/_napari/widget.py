@@ -1,20 +1,23 @@
-"""The SAM-HQ dock widget: embeddings in the background, prompts, preview, commit, undo,
-propagation through stacks.
+"""The SAM-HQ dock widget: binds napari layers and Qt controls to one ``Annotator`` per
+image (``engine.annotator``), which holds the annotation state and logic.
 
-Threads: model loading and embeddings run in a ``thread_worker`` generator that takes
-slices from a queue (the slice on screen jumps to the front, its neighbours follow:
-prefetch; progress; cancel between encoder steps); decoding runs in a second worker,
-coalesced so only the latest prompts are decoded; propagation in a third. Layers change
-only on the GUI thread, in the workers' ``yielded`` / ``returned`` handlers. Embeddings
-go through an ``EmbeddingStore`` on disk (the cache folder unless the user picks one),
-so reopening an image is instant and RAM stays bounded. All state lives on the widget:
-two viewers, two widgets, nothing shared but the (read-only) model weights.
+Threads: model loading (with download progress) and encoding run in a ``thread_worker``
+generator that takes tiles from the annotators' queues (the chosen image first; the tile
+under a prompt before the rest of its plane; the slice on screen and its neighbours
+next); decoding runs in a second worker, coalesced so only the latest prompts are
+decoded; propagation and segment everything in their own. Layers change only on the GUI
+thread, in the workers' ``yielded`` / ``returned`` handlers. The preview layer holds only
+the objects' box on the plane on screen, so a prompt costs the same on a 2D image and on a
+stack of any size. Labels larger than a threshold live in a zarr array on disk. All state
+lives on the widget and its annotators: two viewers, two widgets, nothing shared but the
+(read-only) model weights.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -37,45 +41,50 @@ from qtpy.QtWidgets import (
 )
 
 from . import constants as C
-from .commit import write_into, write_objects
-from .layers import SliceKey, all_keys, collect_prompts, current_key, leading_ndim, spatial_shape
+from .layers import (
+    LayerLabels,
+    SliceKey,
+    all_keys,
+    collect_prompts,
+    current_key,
+    image_data,
+    orientation_of,
+    spatial_shape,
+)
 from .tools import MeasureTool, PropagationTool, SegmentEverythingTool
 
 if TYPE_CHECKING:
     import napari
 
     from ..engine import EmbeddingStore, SegmentationSession
+    from ..engine.annotator import Annotator
     from ..model import SamHQ
 
 
 class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
     """Dock widget; its controls are attributes so scripts and tests can drive it.
 
-    The prompt workflow (embeddings, preview, commit) lives here; propagation, segment
-    everything and measurement are in ``tools`` (one class each, mixed in).
+    The prompt workflow (embeddings, preview, commit) is bound here; propagation, segment
+    everything and measurement are in ``tools`` (one class each, mixed in). The state is in
+    ``annotator(layer)``.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        # --- session state
         self.model: SamHQ | None = None
         self._model_key: tuple[str, str] | None = None
         self._store: EmbeddingStore | None = None
         self._store_key: str | None = None
-        # layer.unique_id -> (what the session was built from, session). A plugin sees layers
-        # through proxies, so id() is not stable; unique_id is.
-        self._sessions: dict[Any, tuple[tuple, SegmentationSession]] = {}
-        self._session_lock = threading.Lock()
-        self._queue: list[tuple[Any, SliceKey]] = []  # (image layer, slice) to encode, next first
-        self._queue_lock = threading.Lock()
+        # image layer.unique_id -> (what the annotator was built from, annotator). A plugin sees
+        # layers through proxies, so id() is not stable; unique_id is.
+        self._annotators: dict[Any, tuple[tuple, Annotator]] = {}
+        self._bindings: dict[Any, LayerLabels] = {}  # labels layer.unique_id -> its LabelVolume
+        self._lock = threading.RLock()
         self._embed_worker = None
         self._decode_worker = None
         self._decode_dirty = False
         self._errors: list[Exception] = []  # errors reported to the user, not yet raised by wait()
-        self._preview_objects: dict[SliceKey, list[tuple[np.ndarray, float, bool]]] = {}
-        # labels layer uid -> {label id: slices the user committed} (the propagation seeds)
-        self._committed: dict[Any, dict[int, set[SliceKey]]] = {}
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
@@ -112,17 +121,30 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         self.overwrite_check.setToolTip("Off: committed objects only fill pixels that are still 0")
         self.commit_button = QPushButton(f"Commit ({C.KEY_COMMIT})")
         self.commit_button.setToolTip("Write the preview into the labels layer as new objects and clear the prompts")
-        self.undo_button = QPushButton("Undo commit")
-        self.undo_button.setToolTip("Undo the last commit (Ctrl+Z in the labels layer works too)")
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Undo the last change of the labels layer (Ctrl+Z in the layer works too)")
+        self.redo_button = QPushButton("Redo")
         self.clear_button = QPushButton(f"Clear prompts ({C.KEY_CLEAR})")
-        self.status_label = QLabel("Pick an image and compute embeddings.")
+        self.status_label = QLabel("Pick an image and click on an object (the model loads then).")
         self.status_label.setWordWrap(True)
-        # embeddings: where they are kept, tiles for large planes
         self.store_edit = QLineEdit()
         self.store_edit.setPlaceholderText("cache folder (default)")
         self.store_edit.setToolTip(
             "Folder of the embedding store (zarr). Empty: the cache folder. 'none': keep embeddings "
             "in RAM only. Reopening an image with the same model reuses stored embeddings."
+        )
+        self.labels_dir_edit = QLineEdit()
+        self.labels_dir_edit.setPlaceholderText("next to the store (default)")
+        self.labels_dir_edit.setToolTip(
+            f"Folder for '{C.LABELS_LAYER}' kept on disk (<image>.labels.zarr); reopening the image opens them"
+        )
+        self.disk_threshold_spin = QDoubleSpinBox()
+        self.disk_threshold_spin.setRange(0.0, 1024.0)
+        self.disk_threshold_spin.setDecimals(2)
+        self.disk_threshold_spin.setSuffix(" GB")
+        self.disk_threshold_spin.setValue(C.LABELS_DISK_GB)
+        self.disk_threshold_spin.setToolTip(
+            f"New '{C.LABELS_LAYER}' larger than this (as a dense array) live on disk, chunk by chunk; 0: always"
         )
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(256, 4096)
@@ -144,6 +166,11 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow("Store", self.store_edit)
+        disk_row = QHBoxLayout()
+        disk_row.addWidget(self.labels_dir_edit, 1)
+        disk_row.addWidget(QLabel("above"))
+        disk_row.addWidget(self.disk_threshold_spin)
+        form.addRow("Labels on disk", disk_row)
         tiles_row = QHBoxLayout()
         tiles_row.addWidget(self.tile_spin)
         tiles_row.addWidget(QLabel("overlap"))
@@ -155,6 +182,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         commit_row = QHBoxLayout()
         commit_row.addWidget(self.commit_button, 1)
         commit_row.addWidget(self.undo_button)
+        commit_row.addWidget(self.redo_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(compute_row)
@@ -173,6 +201,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.commit_button.clicked.connect(lambda: self.commit())
         self.undo_button.clicked.connect(self.undo)
+        self.redo_button.clicked.connect(self.redo)
         self.clear_button.clicked.connect(self.clear_prompts)
         self.store_edit.editingFinished.connect(self._on_options_changed)
         self.tile_spin.valueChanged.connect(lambda _: self._on_options_changed())
@@ -187,6 +216,8 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         v.layers.events.inserted.connect(self._refresh_layers)
         v.layers.events.removed.connect(self._on_layer_removed)
         v.dims.events.current_step.connect(self._on_slice_changed)
+        v.dims.events.order.connect(self._on_orientation_changed)
+        v.dims.events.ndisplay.connect(self._on_orientation_changed)
         v.bind_key(C.KEY_COMMIT, lambda _v: self.commit(), overwrite=True)
         v.bind_key(C.KEY_NEGATIVE, lambda _v: self.negative_check.toggle(), overwrite=True)
         v.bind_key(C.KEY_CLEAR, lambda _v: self.clear_prompts(), overwrite=True)
@@ -227,14 +258,12 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
-        with self._queue_lock:
-            queued = len(self._queue)
-            self._queue[:] = [(lay, k) for lay, k in self._queue if lay.unique_id != removed.unique_id]
-            if len(self._queue) < queued:
-                show_warning(f"SAM-HQ: image layer '{removed.name}' was removed; its embeddings are no longer computed")
-        with self._session_lock:
-            self._sessions.pop(removed.unique_id, None)
-        self._committed.pop(removed.unique_id, None)
+        with self._lock:
+            hit = self._annotators.pop(removed.unique_id, None)
+            self._bindings.pop(removed.unique_id, None)
+        if hit is not None and hit[1].pending:
+            hit[1].cancel_encoding()
+            show_warning(f"SAM-HQ: image layer '{removed.name}' was removed; its embeddings are no longer computed")
         self._refresh_layers()
 
     def _on_image_changed(self) -> None:
@@ -242,31 +271,28 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         if layer is None:
             return
         self._ensure_prompt_layers(layer)
-        n = leading_ndim(layer)
-        if n > 1:
-            show_info(f"SAM-HQ: '{layer.name}' has {n} slicing axes; each Y-X plane is segmented on its own")
-        if n >= 1 and not layer.rgb and layer.data.shape[0] <= 4 and layer.data.ndim >= 3:
+        self._offer_saved_labels(layer)
+        if not layer.rgb and len(spatial_shape(layer)) >= 3 and spatial_shape(layer)[0] <= 4:
             show_info(
-                f"SAM-HQ: '{layer.name}' has {layer.data.shape[0]} planes along its first axis. If these are "
+                f"SAM-HQ: '{layer.name}' has {spatial_shape(layer)[0]} planes along its first axis. If these are "
                 "channels, not slices, open them as separate layers (channel_axis) and pick one, or "
                 "make an RGB layer; SAM-HQ treats the first axis as slices."
             )
 
     def _ensure_prompt_layers(self, image: napari.layers.Image) -> None:
-        """Points and boxes layers matching the image's data frame (created once)."""
+        """Points, boxes and preview layers matching the image's data frame (created once)."""
         import pandas as pd
 
         ndim = len(spatial_shape(image))
-        frame = dict(scale=image.scale[:ndim], translate=image.translate[:ndim])
-        common = dict(ndim=ndim, **frame)
+        frame = dict(scale=image.scale[-ndim:], translate=image.translate[-ndim:])
         layers = self.viewer.layers
         if C.POINTS_LAYER not in layers or layers[C.POINTS_LAYER].ndim != ndim:
             if C.POINTS_LAYER in layers:
                 layers.remove(C.POINTS_LAYER)
             features = pd.DataFrame({"label": pd.Categorical([], categories=[C.POSITIVE, C.NEGATIVE])})
             points = self.viewer.add_points(
-                np.empty((0, ndim)), name=C.POINTS_LAYER, features=features, size=10,
-                face_color=C.POSITIVE_COLOR, border_color="white", **common,
+                np.empty((0, ndim)), name=C.POINTS_LAYER, features=features, size=10, ndim=ndim,
+                face_color=C.POSITIVE_COLOR, border_color="white", **frame,
             )
             points.feature_defaults["label"] = C.NEGATIVE if self.negative_check.isChecked() else C.POSITIVE
             points.events.data.connect(self._on_points_changed)
@@ -275,15 +301,15 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             if C.BOXES_LAYER in layers:
                 layers.remove(C.BOXES_LAYER)
             boxes = self.viewer.add_shapes(
-                name=C.BOXES_LAYER, edge_color="yellow", face_color="transparent", edge_width=2, **common
+                name=C.BOXES_LAYER, edge_color="yellow", face_color="transparent", edge_width=2, ndim=ndim, **frame
             )
             boxes.events.data.connect(self._on_boxes_changed)
-        if C.PREVIEW_LAYER not in layers or layers[C.PREVIEW_LAYER].data.shape != spatial_shape(image):
+        if C.PREVIEW_LAYER not in layers or layers[C.PREVIEW_LAYER].ndim != ndim:
             if C.PREVIEW_LAYER in layers:
                 layers.remove(C.PREVIEW_LAYER)
-            self.viewer.add_labels(
-                np.zeros(spatial_shape(image), np.uint16), name=C.PREVIEW_LAYER, opacity=0.5, **frame
-            )
+            preview = self.viewer.add_labels(np.zeros((1,) * ndim, np.uint16), name=C.PREVIEW_LAYER, opacity=0.5,
+                                             **frame)
+            preview.visible = False
         self.viewer.layers.selection.active = self.viewer.layers[C.POINTS_LAYER]
 
     def _prompt_layers(self):
@@ -318,13 +344,47 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         if points is not None:
             points.feature_defaults["label"] = C.NEGATIVE if negative else C.POSITIVE
 
+    # ------------------------------------------------------------------ the displayed plane
+
+    def _oriented(self, layer=None) -> tuple[Annotator, SliceKey] | None:
+        """The annotator of ``layer`` turned to the plane on screen, and the slice shown;
+        ``None`` (after a warning) in 3D display."""
+        layer = layer or self.image_layer
+        if layer is None:
+            return None
+        orientation = orientation_of(self.viewer, layer)
+        if orientation is None:
+            show_warning("SAM-HQ segments the plane on screen: switch the viewer to 2D display")
+            return None
+        ann = self.annotator(layer)
+        if ann.set_orientation(orientation.plane_axes):
+            self._draw_preview()
+        return ann, current_key(self.viewer, layer, orientation)
+
+    def _view_centre(self, layer, ann) -> tuple[float, float] | None:
+        """The point at the centre of the view, in plane (x, y) pixels of ``ann``'s orientation."""
+        ndim = len(spatial_shape(layer))
+        centre = np.asarray(self.viewer.camera.center)[-2:]
+        point = np.asarray(self.viewer.dims.point, float).copy()
+        point[list(self.viewer.dims.displayed)] = centre
+        data = np.asarray(layer.world_to_data(point[-ndim:]))
+        row, col = ann.orientation.plane_axes
+        return float(data[col]), float(data[row])
+
     def _on_slice_changed(self, _event: Any = None) -> None:
-        """The slice on screen goes to the front of the queue, its neighbours after it."""
+        """The slice on screen goes to the front of the queue, its neighbours after it; its
+        preview (if it has prompts) is drawn."""
         layer = self.image_layer
-        if layer is None or self.model is None:
+        if layer is None:
             return
-        here = current_key(self.viewer, layer)
-        lead = layer.data.shape[: leading_ndim(layer)]
+        found = self._oriented(layer)
+        if found is None:
+            return
+        ann, here = found
+        self._draw_preview()
+        if self.model is None:
+            return
+        lead = ann.lead_shape
         near = [here]
         for d in range(1, C.PREFETCH + 1):
             for axis in range(len(here)):
@@ -335,16 +395,24 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
                         near.append(tuple(k))
         self.compute_embeddings(keys=near)
 
-    # ------------------------------------------------------------------ embeddings
+    def _on_orientation_changed(self, _event: Any = None) -> None:
+        """Transpose, Roll or 2D/3D: segment the new plane (embeddings per orientation stay stored)."""
+        layer = self.image_layer
+        if layer is None or orientation_of(self.viewer, layer) is None:
+            return
+        self._on_slice_changed()
+        self.request_preview()
+
+    # ------------------------------------------------------------------ model, store, annotators
 
     def _model_request(self) -> tuple[str, str]:
         return self.model_combo.currentText().strip(), self.device_combo.currentText()
 
     def _on_options_changed(self) -> None:
-        """Store or tile options changed: sessions are rebuilt on next use (stored
+        """Store or tile options changed: annotators are rebuilt on next use (stored
         embeddings stay valid: their keys do not depend on these options)."""
-        with self._session_lock:
-            self._sessions.clear()
+        with self._lock:
+            self._annotators.clear()
 
     def store(self) -> EmbeddingStore:
         """The embedding store the options name (opened once per choice)."""
@@ -364,53 +432,50 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             self._store_key = text
         return self._store
 
-    def session(self, layer: napari.layers.Image | None = None, model: SamHQ | None = None) -> SegmentationSession:
-        """The engine session of ``layer`` (default: the chosen image) with ``model``."""
-        from ..engine import SegmentationSession
+    def annotator(self, layer: napari.layers.Image | None = None) -> Annotator:
+        """The annotation state of ``layer`` (default: the chosen image): its queue, preview,
+        orientation, sessions and labels. Scripts may drive it directly."""
+        from ..engine.annotator import Annotator
 
         layer = layer or self.image_layer
-        model = model or self.model
-        if layer is None or model is None:
-            raise RuntimeError("pick an image and compute embeddings first")
+        if layer is None:
+            raise RuntimeError("pick an image layer first")
         store = self.store()
-        spec = (id(model), id(layer.data), layer.rgb, id(store), self.tile_spin.value(), self.overlap_spin.value())
-        with self._session_lock:
-            hit = self._sessions.get(layer.unique_id)
+        data = image_data(layer)
+        spec = (id(data), layer.rgb, id(store), self.tile_spin.value(), self.overlap_spin.value())
+        with self._lock:
+            hit = self._annotators.get(layer.unique_id)
             if hit is None or hit[0] != spec:
                 overlap = min(self.overlap_spin.value(), self.tile_spin.value() // 2)
-                session = SegmentationSession(
-                    model, layer.data, rgb=layer.rgb, store=store,
-                    tile_size=self.tile_spin.value(), overlap=overlap, max_ready=C.READY_TILES,
+                ann = Annotator(
+                    data, rgb=layer.rgb, model=self.model, store=store, tile_size=self.tile_spin.value(),
+                    overlap=overlap, max_ready=C.READY_TILES,
                 )
-                hit = self._sessions[layer.unique_id] = (spec, session)
+                hit = self._annotators[layer.unique_id] = (spec, ann)
+            elif self.model is not None:
+                hit[1].set_model(self.model)
             return hit[1]
 
-    def _is_ready(self, layer, key: SliceKey) -> bool:
-        if self.model is None:
-            return False
-        try:
-            return self.session(layer).is_ready(key)
-        except (ValueError, OSError):
-            return False
+    def session(self, layer: napari.layers.Image | None = None) -> SegmentationSession:
+        """The engine session of ``layer`` (default: the chosen image) for the plane on screen."""
+        found = self._oriented(layer)
+        if found is None or self.model is None:
+            raise RuntimeError("pick an image and compute embeddings first (the model loads then)")
+        return found[0].session
 
-    def _enqueue(self, layer, keys: list[SliceKey]) -> None:
-        """Put ``keys`` of ``layer`` at the front of the encoding queue, in this order."""
-        with self._queue_lock:
-            new = list(dict.fromkeys(keys))
-            rest = [(lay, k) for lay, k in self._queue if not (lay.unique_id == layer.unique_id and k in new)]
-            self._queue[:] = [(layer, k) for k in new] + rest
+    def _set_model(self, request: tuple[str, str], model) -> None:
+        """Called from the worker once a model is loaded: every annotator uses it from now on."""
+        with self._lock:
+            self._model_key, self.model = request, model
+            for _, ann in self._annotators.values():
+                ann.set_model(model)
 
-    def _next_key(self) -> tuple[Any, SliceKey | None, int]:
-        with self._queue_lock:
-            if not self._queue:
-                return None, None, 0
-            layer, key = self._queue.pop(0)
-            return layer, key, len(self._queue)
+    # ------------------------------------------------------------------ embeddings
 
     def compute_embeddings(self, keys: list[SliceKey] | None = None):
         """Encode ``keys`` (default: the current slice, then the rest, nearest first) of the
-        chosen image in the background; slices already in the store are skipped. While a
-        job runs, ``keys`` go to the front of its queue (whichever image they belong to).
+        chosen image, in the plane on screen, in the background; stored tiles are skipped.
+        While a job runs, ``keys`` go to the front of its queue.
 
         Returns the worker (or ``None`` when none could start).
         """
@@ -418,16 +483,19 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         if layer is None:
             show_warning("SAM-HQ: open an image layer first (and pick it in the Image box)")
             return None
+        found = self._oriented(layer)
+        if found is None:
+            return None
+        ann, here = found
         if keys is None:
-            here = current_key(self.viewer, layer)
-            keys = sorted(all_keys(layer), key=lambda k: (sum(abs(a - b) for a, b in zip(k, here, strict=True)), k))
+            keys = sorted(all_keys(spatial_shape(layer), ann.orientation),
+                          key=lambda k: (sum(abs(a - b) for a, b in zip(k, here, strict=True)), k))
+        ann.request(list(keys), near=self._view_centre(layer, ann))
+        return self._start_encoding()
+
+    def _start_encoding(self):
         if self._embed_worker is not None:
-            self._enqueue(layer, keys)
             return self._embed_worker
-        self._ensure_prompt_layers(layer)
-        with self._queue_lock:
-            self._queue[:] = []
-        self._enqueue(layer, keys)
         request = self._model_request()
         model = self.model if request == self._model_key else None
         worker = self._embed_job(request, model)
@@ -442,35 +510,49 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         worker.start()
         return worker
 
+    def _next_annotator(self):
+        """The chosen image's annotator if it has work queued, else any other that has."""
+        chosen = self.image_layer
+        with self._lock:
+            items = list(self._annotators.items())
+        items.sort(key=lambda kv: chosen is None or kv[0] != chosen.unique_id)
+        for uid, (_, ann) in items:
+            if ann.pending:
+                return uid, ann
+        return None, None
+
     @thread_worker
     def _embed_job(self, request: tuple[str, str], model):
-        from ..model import load_model
-
         if model is None:
-            yield ("status", f"Loading {request[0]}…")
-            try:
-                model = load_model(request[0], device=request[1])
-            except (ValueError, RuntimeError, OSError) as err:  # bad file, no download, no device
-                yield ("error", str(err))
+            model = yield from self._load_model(request)
+            if model is None:
                 return
-            yield ("model", request, model)
-        done = 0
         while True:
-            layer, key, left = self._next_key()
-            if key is None:
+            uid, ann = self._next_annotator()
+            if ann is None:
                 return
-            if layer not in self.viewer.layers:
-                continue  # removed while queued
-            session = self.session(layer, model)
-            total = done + 1 + left
-            try:
-                for fraction, _ in session.iter_embed([key]):
-                    yield ("progress", (done + fraction) / total, key)
-            except (ValueError, IndexError) as err:  # an unusable plane: say so, go on with the rest
-                yield ("error", f"slice {key}: {err}" if key else str(err))
-            else:
-                yield ("embedding", layer, key)
-            done += 1
+            ann.set_model(model)
+            for step in ann.encode_next():
+                yield ("progress", step.fraction, uid, step)
+
+    def _load_model(self, request: tuple[str, str]):
+        """Download (with progress; Cancel stops it) and load; yields messages; returns the model."""
+        from ..model import CHECKPOINTS, load_model
+        from ..model.download import DownloadError, is_cached, iter_download
+
+        name, device = request
+        try:
+            if name in CHECKPOINTS and not Path(name).exists() and not is_cached(CHECKPOINTS[name]):
+                for done, total in iter_download(CHECKPOINTS[name]):
+                    yield ("download", name, done, total)
+            yield ("status", f"Loading {name}…")
+            model = load_model(name, device=device)
+        except (ValueError, RuntimeError, OSError, DownloadError) as err:  # bad file, no download, no device
+            yield ("error", str(err))
+            return None
+        self._set_model(request, model)
+        yield ("model", model)
+        return model
 
     def _on_embed_yielded(self, message: tuple) -> None:
         kind = message[0]
@@ -478,28 +560,44 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             self.status_label.setText(message[1])
         elif kind == "error":
             self._report_error(message[1])
+        elif kind == "download":
+            _, name, done, total = message
+            if total:
+                self.progress_bar.setValue(int(1000 * done / total))
+                self.status_label.setText(f"Downloading {name}: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
+            else:
+                self.status_label.setText(f"Downloading {name}: {done / 2**20:.0f} MB")
         elif kind == "model":
-            self._model_key, self.model = message[1], message[2]
-            with self._session_lock:
-                self._sessions.clear()
-            show_info(f"SAM-HQ: loaded {self.model.name} on {self.model.device}")
-        elif kind == "progress":
-            self.progress_bar.setValue(int(1000 * message[1]))
-        elif kind == "embedding":
-            _, layer, key = message
-            where = f" (slice {key[0] if len(key) == 1 else key})" if key else ""
-            self.status_label.setText(f"Embedding ready{where}. Click to add points, draw boxes.")
+            show_info(f"SAM-HQ: loaded {message[1].name} on {message[1].device}")
             self.request_preview()
+        elif kind == "progress":
+            _, fraction, uid, step = message
+            self.progress_bar.setValue(int(1000 * fraction))
+            if not step.done:
+                return
+            layer = self.image_layer
+            ours = layer is not None and layer.unique_id == uid
+            if ours:
+                ann = self.annotator(layer)
+                where = f" (slice {step.key[0] if len(step.key) == 1 else step.key})" if step.key else ""
+                self.status_label.setText(f"Embedding ready{where}. Click to add points, draw boxes.")
+                if step.key in ann.waiting and step.orientation == ann.orientation:
+                    self.request_preview()
 
     def _on_embed_finished(self) -> None:
         self._embed_worker = None
         self.compute_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        with self._lock:
+            more = any(ann.pending for _, ann in self._annotators.values())
+        if more and self._model_request() == self._model_key:
+            self._start_encoding()  # queued after the worker looked for the last time
 
     def cancel(self) -> None:
-        """Stop the embedding and propagation workers between two steps."""
-        with self._queue_lock:
-            self._queue[:] = []
+        """Stop the download, the encoding, propagation and segment everything between two steps."""
+        with self._lock:
+            for _, ann in self._annotators.values():
+                ann.cancel_encoding()
         if self._propagate_worker is not None:
             self._propagate_worker.quit()
         if self._auto_worker is not None:
@@ -523,10 +621,10 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         """Block until the background work started so far is done, processing Qt events so
         that it can finish (its results land in the layers on this thread); then raise the
         first error a worker met since the last ``wait``. For scripts and tests: a prompt
-        added from code starts its decode at once, so ``wait()`` after it returns with the
-        preview drawn. Errors include those only shown to a user (a checkpoint that does not
-        load, a prompt the engine refuses). ``TimeoutError`` after ``timeout`` seconds
-        (``None``: no limit)."""
+        added from code starts its decode at once (or the model load and the encoding it
+        needs, then the decode), so ``wait()`` after it returns with the preview drawn.
+        Errors include those only shown to a user (a checkpoint that does not load, a prompt
+        the engine refuses). ``TimeoutError`` after ``timeout`` seconds (``None``: no limit)."""
         from qtpy.QtCore import QCoreApplication
 
         end = None if timeout is None else time.monotonic() + timeout
@@ -552,39 +650,28 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
     # ------------------------------------------------------------------ preview
 
     def request_preview(self) -> None:
-        """Decode the current prompts (coalesced: at most one decode runs at a time)."""
+        """Decode the current prompts (coalesced: at most one decode runs at a time). Before a
+        model is loaded, a prompt starts loading it and encoding the tile under it."""
         if self._decode_worker is not None:
             self._decode_dirty = True
             return
         layer = self.image_layer
-        if layer is None or self.model is None:
+        found = self._oriented(layer) if layer is not None else None
+        if found is None:
             return
-        n = leading_ndim(layer)
-        shape = spatial_shape(layer)
-        yx_axes = tuple(range(self.viewer.dims.ndim - 2, self.viewer.dims.ndim))
-        if n and tuple(self.viewer.dims.displayed) != yx_axes:
-            show_warning(
-                "SAM-HQ segments Y-X planes (the last two axes); the viewer shows other axes. "
-                "Use 'Roll dimensions'/'Transpose' to view the last two axes, or reorder the data."
-            )
-            return
-        prompts, warnings = collect_prompts(*self._prompt_layers(), n, shape[n : n + 2])
+        ann, _ = found
+        prompts, warnings = collect_prompts(*self._prompt_layers(), ann.orientation, ann.plane_shape)
         for w in warnings:
             show_warning(f"SAM-HQ: {w}")
-        jobs, missing = {}, []
-        for key, p in prompts.items():
-            objects = p.objects()
-            if not objects:
-                continue
-            if self._is_ready(layer, key):
-                jobs[key] = objects
-            else:
-                missing.append(key)
-        if missing:
-            self.compute_embeddings(keys=missing)  # compute it first, don't fail
-        worker = self._decode_job(
-            self.session(layer), jobs, self.multimask_check.isChecked(), self.hq_only_check.isChecked()
-        )
+        prompts = {k: p for k, p in prompts.items() if p.objects()}
+        if self.model is None or self._model_request() != self._model_key:
+            if prompts:  # load the model, encode the tiles under the prompts; decode after
+                for key, p in prompts.items():
+                    xy = (p.points or [((p.boxes[0][0] + p.boxes[0][2]) / 2, (p.boxes[0][1] + p.boxes[0][3]) / 2)])[0]
+                    ann.request([key], near=xy)
+                self._start_encoding()
+            return
+        worker = self._decode_job(ann, prompts, self.multimask_check.isChecked(), self.hq_only_check.isChecked())
         worker.returned.connect(self._on_decoded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_decode_finished)
@@ -593,40 +680,24 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         worker.start()
 
     @thread_worker
-    def _decode_job(self, session: SegmentationSession, jobs, multimask: bool, hq_only: bool):
-        out = {}
-        for key, objects in jobs.items():
-            try:
-                results = session.segment(key, objects, multimask_output=multimask, hq_token_only=hq_only)
-            except ValueError as err:  # a prompt the engine refuses: say which, keep the rest
-                out[key] = ("error", str(err))
-                continue
-            out[key] = [(r.mask, r.score, "box" not in o) for r, o in zip(results, objects, strict=True)]
-        return out
+    def _decode_job(self, ann: Annotator, prompts, multimask: bool, hq_only: bool):
+        return ann.decode(prompts, multimask_output=multimask, hq_token_only=hq_only)
 
-    def _on_decoded(self, result: dict) -> None:
-        for key, value in list(result.items()):
-            if isinstance(value, tuple):
-                self._report_error(f"slice {key}: {value[1]}" if key else value[1])
-                del result[key]
-        self._preview_objects = result
-        layers = self.viewer.layers
-        if C.PREVIEW_LAYER not in layers:
-            return
-        preview = layers[C.PREVIEW_LAYER]
-        data = np.zeros(preview.data.shape, preview.data.dtype)
-        scores = []
-        for key, objects in result.items():
-            target = data[key] if key else data
-            for i, (mask, score, _points_only) in enumerate(objects):
-                target[mask & (target == 0)] = i + 1
-                scores.append(score)
-        preview.data = data
+    def _on_decoded(self, result: tuple) -> None:
+        preview, errors = result
+        for key, message in errors.items():
+            self._report_error(f"slice {key}: {message}" if key else message)
+        layer = self.image_layer
+        if layer is not None and self.annotator(layer).waiting:
+            self._start_encoding()
+        self._draw_preview()
+        scores = [o.score for objects in preview.values() for o in objects]
         if scores:
+            waiting = " (refining as tiles arrive)" if self.annotator(layer).waiting else ""
             self.status_label.setText(
                 f"Preview: {len(scores)} object(s), predicted IoU "
                 + ", ".join(f"{s:.2f}" for s in scores[:8])
-                + (" …" if len(scores) > 8 else "")
+                + (" …" if len(scores) > 8 else "") + waiting
             )
 
     def _on_decode_finished(self) -> None:
@@ -634,71 +705,188 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         if self._decode_dirty:
             self.request_preview()
 
-    # ------------------------------------------------------------------ commit
+    def _draw_preview(self) -> None:
+        """The preview of the slice on screen into the preview layer: only its objects' box on
+        that plane (size 1 on the slicing axes, placed by translate), nothing else."""
+        layers = self.viewer.layers
+        layer = self.image_layer
+        if C.PREVIEW_LAYER not in layers or layer is None:
+            return
+        preview = layers[C.PREVIEW_LAYER]
+        orientation = orientation_of(self.viewer, layer)
+        if orientation is None:
+            return
+        ann = self.annotator(layer)
+        ndim = len(spatial_shape(layer))
+        here = current_key(self.viewer, layer, orientation)
+        crop = ann.preview_crop(here) if ann.orientation == orientation else None
+        if crop is None:
+            preview.visible = False
+            return
+        (y0, x0), pixels = crop
+        start = np.zeros(ndim)
+        shape = [1] * ndim
+        for axis, k in zip(orientation.lead_axes, here, strict=True):
+            start[axis] = k
+        row, col = orientation.plane_axes
+        start[row], start[col] = y0, x0
+        shape[row], shape[col] = pixels.shape
+        data = pixels.reshape(shape) if row < col else pixels.T.reshape(shape)
+        scale = np.asarray(layer.scale[-ndim:])
+        preview.translate = np.asarray(layer.translate[-ndim:]) + start * scale
+        preview.scale = scale
+        preview.data = data
+        preview.visible = True
+
+    # ------------------------------------------------------------------ labels
+
+    def _labels_root(self, layer) -> Path:
+        from ..engine import default_store_root
+
+        text = self.labels_dir_edit.text().strip()
+        if text:
+            return Path(text).expanduser()
+        store = self.store()
+        return Path(store.root).parent if store.root is not None else Path(default_store_root()).parent
+
+    def labels_path(self, layer: napari.layers.Image | None = None) -> Path:
+        """Where '<image>.labels.zarr' of ``layer`` is kept when its labels live on disk."""
+        from ..engine.labels import default_labels_path
+
+        layer = layer or self.image_layer
+        return default_labels_path(self._labels_root(layer), layer.name)
+
+    def _offer_saved_labels(self, layer) -> None:
+        """Reopening an image: its labels saved on disk come back as the labels layer."""
+        from ..engine.labels import open_labels_zarr
+
+        path = self.labels_path(layer)
+        if not (path / "zarr.json").exists() or C.LABELS_LAYER in self.viewer.layers:
+            return
+        try:
+            array = open_labels_zarr(path, spatial_shape(layer), create=False)
+        except (ValueError, OSError) as err:
+            show_warning(f"SAM-HQ: saved labels at {path} not opened: {err}")
+            return
+        self._add_labels_layer(layer, array)
+        show_info(f"SAM-HQ: opened the saved labels of '{layer.name}' from {path}")
+
+    def _add_labels_layer(self, image, data) -> napari.layers.Labels:
+        ndim = len(spatial_shape(image))
+        target = self.viewer.add_labels(
+            data, name=C.LABELS_LAYER, scale=image.scale[-ndim:], translate=image.translate[-ndim:]
+        )
+        self.labels_combo.setCurrentText(C.LABELS_LAYER)
+        self.viewer.layers.selection.active = self.viewer.layers[C.POINTS_LAYER] \
+            if C.POINTS_LAYER in self.viewer.layers else target
+        return target
 
     def _target_labels(self, image) -> napari.layers.Labels:
+        """The labels layer objects go to (checked against the image); created when missing,
+        on disk when a dense array would exceed the threshold."""
+        from ..engine.labels import dense_nbytes, open_labels_zarr
+
         name = self.labels_combo.currentText() or C.LABELS_LAYER
         layers = self.viewer.layers
+        shape = spatial_shape(image)
         if name in layers and isinstance(layers[name], Labels):
             target = layers[name]
-            if target.data.shape != spatial_shape(image):
+            if tuple(target.data.shape) != shape:
                 raise ValueError(
-                    f"labels layer '{name}' has shape {target.data.shape}, the image {spatial_shape(image)}: "
+                    f"labels layer '{name}' has shape {tuple(target.data.shape)}, the image {shape}: "
                     f"pick another labels layer or remove it so '{C.LABELS_LAYER}' is created"
                 )
             return target
-        ndim = len(spatial_shape(image))
-        target = self.viewer.add_labels(
-            np.zeros(spatial_shape(image), np.uint32), name=C.LABELS_LAYER,
-            scale=image.scale[:ndim], translate=image.translate[:ndim],
-        )
-        self.labels_combo.setCurrentText(C.LABELS_LAYER)
-        return target
+        if dense_nbytes(shape) > self.disk_threshold_spin.value() * 2**30:
+            path = self.labels_path(image)
+            data = open_labels_zarr(path, shape)
+            gb = dense_nbytes(shape) / 2**30
+            show_info(f"SAM-HQ: '{C.LABELS_LAYER}' lives on disk at {path} ({gb:.1f} GB as a dense array)")
+        else:
+            data = np.zeros(shape, np.uint32)
+        return self._add_labels_layer(image, data)
+
+    def labels_volume(self, target: napari.layers.Labels) -> LayerLabels:
+        """The bookkeeping (counter, extents, seeds) of a labels layer, bound once. A lazy
+        (dask) layer is made writable first: into RAM when small, else into a zarr on disk."""
+        with self._lock:
+            bound = self._bindings.get(target.unique_id)
+            if bound is not None and bound.array is target.data:
+                return bound
+        data = target.data
+        if not isinstance(data, np.ndarray) and not type(data).__module__.startswith("zarr"):
+            self._make_writable(target)
+        bound = LayerLabels(target)
+        with self._lock:
+            self._bindings[target.unique_id] = bound
+        return bound
+
+    def _make_writable(self, target) -> None:
+        from ..engine.labels import dense_nbytes, open_labels_zarr
+
+        shape = tuple(int(s) for s in target.data.shape)
+        if dense_nbytes(shape, target.data.dtype) <= self.disk_threshold_spin.value() * 2**30:
+            target.data = np.asarray(target.data)
+            show_info(f"SAM-HQ: '{target.name}' is read-only (lazy); it was loaded into RAM to be edited")
+            return
+        image = self.image_layer
+        path = self.labels_path(image).with_name(f"{target.name}.labels.zarr")
+        array = open_labels_zarr(path, shape, dtype=np.dtype(target.data.dtype) if target.data.dtype.kind == "u"
+                                 else np.uint32)
+        for i in range(shape[0]):  # slice by slice: never the whole volume in RAM
+            array[i] = np.asarray(target.data[i])
+        target.data = array
+        show_info(f"SAM-HQ: '{target.name}' is read-only (lazy); it was copied to {path} to be edited")
 
     def commit(self) -> list[int]:
-        """Write the previewed objects into the labels layer as new ids (``write_objects``)."""
+        """Write the previewed objects into the labels layer as new ids (or, with "Commit
+        corrects the selected label", into that label); returns the ids. One undo step."""
         image = self.image_layer
-        if image is None or not self._preview_objects:
+        ann = self.annotator(image) if image is not None else None
+        if ann is None or not ann.preview:
             show_info("SAM-HQ: nothing to commit: add prompts and wait for the preview")
             return []
         try:
             target = self._target_labels(image)
-        except ValueError as err:
+            ann.labels = self.labels_volume(target)
+            if self.into_selected_check.isChecked():
+                label = int(target.selected_label)
+                keys = ann.correct(label, overwrite=self.overwrite_check.isChecked())
+                ids = [label]
+                message = f"Corrected label {label} on {len(keys)} slice(s). Propagate to follow it."
+            else:
+                ids = ann.commit(overwrite=self.overwrite_check.isChecked())
+                message = f"Committed {len(ids)} object(s): ids {ids[:10]}"
+        except (ValueError, OSError) as err:
             show_error(f"SAM-HQ: {err}")
             return []
-        overwrite = self.overwrite_check.isChecked()
-        committed = self._committed.setdefault(target.unique_id, {})
-        if self.into_selected_check.isChecked():
-            label = int(target.selected_label)
-            try:
-                keys = write_into(target, self._preview_objects, label, overwrite=overwrite)
-            except ValueError as err:
-                show_error(f"SAM-HQ: {err}")
-                return []
-            committed.setdefault(label, set()).update(keys)
-            self.clear_prompts()
-            self.status_label.setText(f"Corrected label {label} on {len(keys)} slice(s). Propagate to follow it.")
-            return [label]
-        written = write_objects(target, self._preview_objects, overwrite=overwrite)
-        for label, keys in written.items():
-            committed.setdefault(label, set()).update(keys)
-        ids = list(written)
         self.clear_prompts()
-        self.status_label.setText(f"Committed {len(ids)} object(s): ids {ids[:10]}")
+        self.status_label.setText(message)
         return ids
 
-    def undo(self) -> None:
+    def _labels_layer(self):
         name = self.labels_combo.currentText()
-        if name in self.viewer.layers:
-            self.viewer.layers[name].undo()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        return layer if isinstance(layer, Labels) else None
+
+    def undo(self) -> None:
+        """Undo the last change of the labels layer (a commit, a propagation, a stroke)."""
+        if (layer := self._labels_layer()) is not None:
+            layer.undo()
+
+    def redo(self) -> None:
+        if (layer := self._labels_layer()) is not None:
+            layer.redo()
 
     def clear_prompts(self) -> None:
         points, boxes = self._prompt_layers()
+        layer = self.image_layer
+        if layer is not None:
+            self.annotator(layer).clear()
         if points is not None and len(points.data):
-            points.data = np.empty((0, points.ndim))
+            with points.events.data.blocker():
+                points.data = np.empty((0, points.ndim))
         if boxes is not None and len(boxes.data):
-            boxes.data = []
-        self._preview_objects = {}
-        if C.PREVIEW_LAYER in self.viewer.layers:
-            preview = self.viewer.layers[C.PREVIEW_LAYER]
-            preview.data = np.zeros_like(preview.data)
+            with boxes.events.data.blocker():
+                boxes.data = []
+        self._draw_preview()
