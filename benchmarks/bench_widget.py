@@ -31,7 +31,6 @@ def main() -> None:
 
     import napari
     import torch
-    from qtpy.QtWidgets import QApplication
 
     from napari_sam_hq._napari import constants as C
     from tests.conftest import blob_image
@@ -48,28 +47,19 @@ def main() -> None:
         _, widget = viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
         widget.model_combo.setCurrentText(model)
         widget.device_combo.setCurrentText("cpu")
-        app = QApplication.instance()
-
-        def spin(cond):
-            while not cond():
-                app.processEvents()
-                time.sleep(0.001)
-
         t = time.perf_counter()
         widget.compute_embeddings()
-        spin(lambda: widget._embed_worker is None)
+        widget.wait()
         print(f"load + embed (vit_b, 1024 x 1024): {time.perf_counter() - t:.1f} s")
         points = viewer.layers[C.POINTS_LAYER]
-        preview = viewer.layers[C.PREVIEW_LAYER]
         rng = np.random.default_rng(0)
         times = []
         for i in range(args.prompts + 1):
             widget.clear_prompts()
-            spin(lambda: widget._decode_worker is None)
-            before = preview.data
+            widget.wait()
             t = time.perf_counter()
             points.add(rng.uniform(100, 900, 2))
-            spin(lambda before=before: widget._decode_worker is None and preview.data is not before)
+            widget.wait()  # the decode is done and the preview drawn
             if i:  # the first one warms up
                 times.append(time.perf_counter() - t)
         ms = sorted(1000 * v for v in times)

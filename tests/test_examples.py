@@ -47,3 +47,9 @@ def test_scripted_napari_session(ckpt, qapp):
     """Runs under the Xvfb display that pytest-xvfb started (the subprocess inherits DISPLAY)."""
     out = _run("scripted_napari.py", ckpt)
     assert "committed ids [1, 2]" in out and "label" in out
+
+
+def test_annotate_volume(ckpt, tmp_path):
+    out = _run("annotate_volume.py", ckpt, str(tmp_path))
+    assert "committed label 1 next id 2" in out and "reopened: next id 2" in out
+    assert (tmp_path / "volume.labels.zarr" / "zarr.json").is_file()

@@ -22,8 +22,9 @@ def _stack(n: int, h: int = 64, w: int = 80) -> np.ndarray:
 
 
 def _on_disk(widget, tmp_path) -> None:
-    widget.store_edit.setText(str(tmp_path / "emb.zarr"))
     widget.disk_threshold_spin.setValue(0.0)  # every new labels layer on disk
+    widget.store_edit.setText(str(tmp_path / "emb.zarr"))
+    widget.store_edit.editingFinished.emit()  # as when the user leaves the box
 
 
 def test_labels_on_disk_commit_paint_undo_redo_and_reopen(make_napari_viewer, qtbot, checkpoint, tmp_path):
@@ -65,7 +66,6 @@ def test_labels_on_disk_commit_paint_undo_redo_and_reopen(make_napari_viewer, qt
     again.add_image(stack, name="cells")
     w2 = _widget(again, checkpoint)
     _on_disk(w2, tmp_path)
-    w2._on_image_changed()  # the store folder was set after the image: look again
     reopened = again.layers[C.LABELS_LAYER]
     np.testing.assert_array_equal(np.asarray(reopened.data[:]), np.asarray(labels.data[:]))
     assert w2.labels_volume(reopened).next_id() == 52 and w2.labels_volume(reopened).scans == 0

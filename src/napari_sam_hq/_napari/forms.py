@@ -17,10 +17,10 @@ def settings_form(cls: type, fields: dict[str, dict[str, Any]], *, labels: dict[
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     widgets = []
     for name, options in fields.items():
-        value = getattr(defaults, name)
         options = dict(options)
+        value = options.pop("value", getattr(defaults, name))  # e.g. 0 standing for None
         tooltip = options.pop("tooltip", None)
-        annotation = type(value) if value is not None else types[name]
+        annotation = options.pop("annotation", type(value) if value is not None else types[name])
         widget = create_widget(
             value=value, annotation=annotation, name=name,
             label=(labels or {}).get(name, name.replace("_", " ").capitalize()), options=options,
@@ -32,5 +32,5 @@ def settings_form(cls: type, fields: dict[str, dict[str, Any]], *, labels: dict[
 
 
 def read_settings(cls: type, form: Container, **fixed: Any):
-    """``cls(**form values, **fixed)``: raises ``ValueError`` naming a bad value."""
-    return cls(**{w.name: w.value for w in form}, **fixed)
+    """``cls(**form values, **fixed)`` (``fixed`` wins): raises ``ValueError`` naming a bad value."""
+    return cls(**{**{w.name: w.value for w in form}, **fixed})

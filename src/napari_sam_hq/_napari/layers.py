@@ -121,41 +121,82 @@ def collect_prompts(
 
 
 class LayerLabels(LabelVolume):
-    """A napari Labels layer as the annotator's labels: writes go through
-    ``layer.data_setitem`` (drawn at once, one step of the layer's own undo history per
-    transaction, so Ctrl+Z undoes a commit and painting by hand in between is kept), and
-    painting with napari's tools keeps the counter and extents up to date."""
+    """A napari Labels layer as the annotator's labels.
+
+    Our writes go to ``layer.data`` box by box (basic slicing: chunk by chunk on zarr) and
+    are drawn once per step; their undo steps are compact (``LabelVolume``), not napari's
+    per-pixel history. Painting with napari's tools stays in napari's history and keeps
+    the counter and extents up to date. One timeline orders both, so **Undo** / **Redo** and
+    Ctrl+Z / Ctrl+Shift+Z in the layer undo the last change whichever made it: undoing a
+    commit keeps the strokes painted before and after it.
+    """
 
     def __init__(self, layer: napari.layers.Labels) -> None:
-        super().__init__(layer.data, history=False)
+        super().__init__(layer.data, history=True)
         self.layer = layer
         self._ours = 0
+        self._timeline: list[str] = []  # "ours" or "napari", oldest first
+        self._redo_timeline: list[str] = []
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
+        # the layer's own undo/redo (Ctrl+Z, Ctrl+Shift+Z and scripts call these) follow the
+        # one timeline; napari's history is replayed through the originals
+        self._napari_undo, self._napari_redo = layer.undo, layer.redo
+        layer.undo, layer.redo = self.undo, self.redo
 
-    def _write(self, indices, values, old) -> None:
-        self.layer.data_setitem(indices, values)
+    def _store_region(self, region, new) -> None:
+        self.layer.data[region] = new
+
+    def _store_points(self, indices, values) -> None:
+        self.layer.data[indices] = values
+
+    def _push_step(self, step: list) -> None:
+        super()._push_step(step)
+        self._timeline.append("ours")
+        self._redo_timeline.clear()
+        self.layer.refresh()
 
     @contextmanager
     def transaction(self):
         self._ours += 1
         try:
-            with self.layer.block_history(), super().transaction():
+            with super().transaction():
                 yield
         finally:
             self._ours -= 1
 
     def undo(self) -> bool:
-        self.layer.undo()
+        """Undo the last change of the layer: ours (a commit, a propagation...) or a stroke."""
+        if not self._timeline:
+            self._napari_undo()  # strokes from before the binding
+            return False
+        kind = self._timeline.pop()
+        if kind == "ours":
+            super().undo()
+        else:
+            self._napari_undo()
+        self._redo_timeline.append(kind)
+        self.layer.refresh()
         return True
 
     def redo(self) -> bool:
-        self.layer.redo()
+        if not self._redo_timeline:
+            return False
+        kind = self._redo_timeline.pop()
+        if kind == "ours":
+            super().redo()
+        else:
+            self._napari_redo()
+        self._timeline.append(kind)
+        self.layer.refresh()
         return True
 
     def _on_paint(self, event: Any) -> None:
         if self._ours:
-            return  # our own writes: already noted
+            return
+        self._timeline.append("napari")
+        self._redo_timeline.clear()
+        self._redo.clear()
         for atom in event.value:
             if hasattr(atom, "slice_key"):  # a masked paint step: a box and one label
                 self.note_box(int(atom.new_value), atom.slice_key)
@@ -167,3 +208,7 @@ class LayerLabels(LabelVolume):
         if self.layer.data is not self.array:  # replaced: the bookkeeping is not about it
             self.array = self.layer.data
             self.forget()
+            self._timeline.clear()
+            self._redo_timeline.clear()
+            self._undo.clear()
+            self._redo.clear()

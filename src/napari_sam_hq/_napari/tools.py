@@ -69,6 +69,8 @@ def _show_progress(host, message: tuple[float, str]) -> None:
 
 def _settings(host, cls, form):
     try:
+        if cls is PropagationSettings:
+            return read_settings(cls, form, max_slices=form.max_slices.value or None)
         return read_settings(cls, form)
     except ValueError as err:
         show_error(f"SAM-HQ: {err}")
@@ -96,9 +98,11 @@ class PropagationTool:
                 "score_threshold": dict(UNIT, tooltip="Stop where the predicted IoU falls below this"),
                 "iou_threshold": dict(UNIT, tooltip="Stop where the overlap (IoU) with the previous slice falls below"),
                 "min_area": dict(min=1, max=10**7, tooltip="Stop where the object has fewer pixels than this"),
+                "max_slices": dict(value=0, annotation=int, min=0, max=100000,
+                                   tooltip="At most this many slices each way (0: to the end of the stack)"),
             },
             labels={"score_threshold": "Stop below score", "iou_threshold": "Stop below IoU",
-                    "min_area": "Min area (px)"},
+                    "min_area": "Min area (px)", "max_slices": "Max slices each way"},
         )
         box = QGroupBox("Stacks")
         form = QFormLayout(box)
@@ -125,7 +129,7 @@ class PropagationTool:
         if not ann.lead_shape:
             show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
             return None
-        settings = _settings(self, PropagationSettings, self.propagation_form)
+        settings = _settings(self, PropagationSettings, self.propagation_form)  # max_slices 0 -> None
         if settings is None:
             return None
         ids = [int(target.selected_label)] if self.selected_only_check.isChecked() else ann.labels_on(here)

@@ -204,6 +204,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         self.redo_button.clicked.connect(self.redo)
         self.clear_button.clicked.connect(self.clear_prompts)
         self.store_edit.editingFinished.connect(self._on_options_changed)
+        self.labels_dir_edit.editingFinished.connect(self._on_options_changed)
         self.tile_spin.valueChanged.connect(lambda _: self._on_options_changed())
         self.overlap_spin.valueChanged.connect(lambda _: self._on_options_changed())
         self.negative_check.toggled.connect(self._on_negative_toggled)
@@ -410,9 +411,12 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
 
     def _on_options_changed(self) -> None:
         """Store or tile options changed: annotators are rebuilt on next use (stored
-        embeddings stay valid: their keys do not depend on these options)."""
+        embeddings stay valid: their keys do not depend on these options); labels saved in
+        the (new) folder are offered."""
         with self._lock:
             self._annotators.clear()
+        if self.image_layer is not None:
+            self._offer_saved_labels(self.image_layer)
 
     def store(self) -> EmbeddingStore:
         """The embedding store the options name (opened once per choice)."""
@@ -872,11 +876,11 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
     def undo(self) -> None:
         """Undo the last change of the labels layer (a commit, a propagation, a stroke)."""
         if (layer := self._labels_layer()) is not None:
-            layer.undo()
+            self.labels_volume(layer).undo()
 
     def redo(self) -> None:
         if (layer := self._labels_layer()) is not None:
-            layer.redo()
+            self.labels_volume(layer).redo()
 
     def clear_prompts(self) -> None:
         points, boxes = self._prompt_layers()

@@ -266,15 +266,17 @@ class Annotator:
         session = self.session_for(orientation)
         lookup = self._lookup(session, orientation, key)
         total = self._done + 1 + self.pending
-        gen = session.iter_embed_tile(key, tile, lookup)
-        try:
-            while True:
-                f = next(gen)
+        ready = False
+        for f in session.iter_embed_tile(key, tile, lookup):
+            if f >= 1.0:  # decoder-ready: say so now; the store write follows
+                ready = True
+                self._done += 1
+                yield EncodeStep(self._done / (self._done + self.pending), key, tile, orientation, True)
+            else:
                 yield EncodeStep((self._done + f) / total, key, tile, orientation, False)
-        except StopIteration:
-            pass
-        self._done += 1
-        yield EncodeStep(self._done / (self._done + self.pending), key, tile, orientation, True)
+        if not ready:  # it was stored already
+            self._done += 1
+            yield EncodeStep(self._done / (self._done + self.pending), key, tile, orientation, True)
         return True
 
     def iter_encode(self) -> Generator[EncodeStep, None, None]:
@@ -375,14 +377,6 @@ class Annotator:
             )
         return self.labels
 
-    def _region(self, key: SliceKey, box: tuple[int, int, int, int]) -> tuple:
-        """Data-frame index of rows ``[y0, y1)`` x cols ``[x0, x1)`` of the plane at ``key``."""
-        index = list(self.orientation.plane_index(key))
-        y0, x0, y1, x1 = box
-        index[self.orientation.plane_axes[0]] = slice(y0, y1)
-        index[self.orientation.plane_axes[1]] = slice(x0, x1)
-        return tuple(index)
-
     def _write_mask(self, labels: LabelVolume, key: SliceKey, mask: np.ndarray, label: int, *, overwrite: bool,
                     keep: int | None = None) -> int:
         """Write ``label`` where ``mask`` is set (only on 0, or on ``keep``, unless ``overwrite``),
@@ -391,18 +385,9 @@ class Annotator:
         if box is None:
             return 0
         y0, x0, y1, x1 = box
-        part = mask[y0:y1, x0:x1]
-        if not overwrite:
-            region = labels.read(self._region(key, box))
-            free = region == 0
-            if keep is not None:
-                free |= region == keep
-            part = part & free
-        rows, cols = np.nonzero(part)
-        if not rows.size:
-            return 0
-        idx = self.orientation.data_index(key, rows + y0, cols + x0)
-        return labels.set(idx, label)
+        o = self.orientation
+        return labels.paint(o.region(key, box), o.to_region(mask[y0:y1, x0:x1]), label, overwrite=overwrite,
+                            keep=keep)
 
     def commit(self, preview: Preview | None = None, *, overwrite: bool = False) -> list[int]:
         """Write the preview's objects into the labels as new ids (one undo step) and record
@@ -458,14 +443,11 @@ class Annotator:
         return r.start, c.start, r.stop, c.stop
 
     def _erase(self, labels: LabelVolume, key: SliceKey, label: int) -> int:
+        """Clear ``label`` on slice ``key``, reading only the box of its extent on that plane."""
         box = self._plane_extent(labels, label)
         if box is None:
             return 0
-        region = labels.read(self._region(key, box))
-        rows, cols = np.nonzero(region == label)
-        if not rows.size:
-            return 0
-        return labels.set(self.orientation.data_index(key, rows + box[0], cols + box[1]), 0)
+        return labels.erase(self.orientation.region(key, box), label)
 
     def undo(self) -> bool:
         return self._labels().undo()
@@ -561,17 +543,20 @@ class Annotator:
                 raise ValueError(f"objects of shape {p.shape} do not fit planes of {self.plane_shape}")
         offset = labels.next_id() - 1
         new: set[int] = set()
+        o = self.orientation
         with labels.transaction():
             for k, plane in planes.items():
-                todo = plane > 0
-                if not overwrite:
-                    todo &= labels.read(self.orientation.plane_index(k)) == 0
-                rows, cols = np.nonzero(todo)
-                if not rows.size:
+                box = _mask_box(plane > 0)
+                if box is None:
                     continue
-                values = plane[rows, cols].astype(np.int64) + offset
-                labels.set(self.orientation.data_index(k, rows, cols), values)
-                new.update(np.unique(values).tolist())
+                region = o.region(k, box)
+                part = plane[box[0] : box[2], box[1] : box[3]].astype(np.int64)
+                todo = part > 0
+                if not overwrite:
+                    todo &= np.squeeze(labels.read(region), axis=o.lead_axes) == 0
+                values = np.where(todo, part + offset, 0)
+                if labels.write_region(region, o.to_region(values), o.to_region(todo)):
+                    new.update(np.unique(values[todo]).tolist())
         return sorted(int(i) for i in new)
 
 

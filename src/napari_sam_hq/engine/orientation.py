@@ -68,6 +68,21 @@ class Orientation:
         index[self.plane_axes[1]] = cols
         return tuple(index)
 
+    def region(self, key: tuple[int, ...], box: tuple[int, int, int, int]) -> tuple[slice, ...]:
+        """The data-frame box of rows ``[y0, y1)`` x cols ``[x0, x1)`` of the plane at ``key``
+        (one deep on the slicing axes)."""
+        index = [slice(0, 0)] * self.ndim
+        for axis, k in zip(self.lead_axes, key, strict=True):
+            index[axis] = slice(int(k), int(k) + 1)
+        y0, x0, y1, x1 = box
+        index[self.plane_axes[0]] = slice(int(y0), int(y1))
+        index[self.plane_axes[1]] = slice(int(x0), int(x1))
+        return tuple(index)
+
+    def to_region(self, plane: np.ndarray) -> np.ndarray:
+        """A rows x cols array in the shape of a ``region`` (size-1 slicing axes inserted)."""
+        return np.expand_dims(plane, self.lead_axes) if self.lead_axes else plane
+
     def seed_plane(self, key: tuple[int, ...]) -> SeedPlane:
         """The orientation-free name of the plane at slice ``key``: ``((axis, index), ...)``."""
         return tuple((axis, int(k)) for axis, k in zip(self.lead_axes, key, strict=True))

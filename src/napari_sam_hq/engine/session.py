@@ -223,15 +223,19 @@ class SegmentationSession:
 
     def iter_embed_tile(self, key: SliceKey, tile: Tile, lookup=None) -> Generator[float, None, bool]:
         """Encode one tile of slice ``key`` unless the store has it; yields the fraction of the
-        encoder done, returns whether it encoded. The new predictor stays decoder-ready."""
+        encoder done (below 1), then exactly ``1.0`` once the tile is decoder-ready (before it is
+        written to the store, so a caller can decode meanwhile); returns whether it encoded."""
         key = self.check_key(key)
         entry, pixels, limits = (lookup or self.entry_lookup(self.plane(key)))(tile)
         if self.store.get(self.model_id, entry) is not None:  # read: damage is found here
             return False
         predictor = self._factory(self.model)
-        yield from predictor.iter_set_image(pixels, contrast_limits=limits)
-        self.store.put(self.model_id, entry, predictor.get_image_embedding(early=False), slice_key=key, tile=tile.box)
+        for fraction in predictor.iter_set_image(pixels, contrast_limits=limits):
+            yield min(fraction, 0.99)
+        emb = predictor.get_image_embedding(early=False)  # before a decode may use the predictor
         self._keep_ready(entry, predictor)
+        yield 1.0
+        self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
         return True
 
     def _keep_ready(self, entry: str, predictor: SamHQPredictor) -> None:
