@@ -45,7 +45,7 @@ def test_official_pth_round_trip(tmp_path, tiny_pair):
     assert all(torch.equal(sd[k], v) for k, v in tiny_pair.state_dict.items())
     model = load_model(path, device="cpu")
     assert model.name == "vit_tiny"
-    assert model.checkpoint_id == content_id and len(content_id) == 16
+    assert model.file_id == content_id and len(content_id) == 16 and len(model.checkpoint_id) == 16
     x = torch.rand(1, 3, 1024, 768) * 255
     with torch.inference_mode():
         for a, b in zip(model.encode(x), tiny_pair.ours.encode(x), strict=True):

@@ -373,8 +373,9 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         return float(data[col]), float(data[row])
 
     def _on_slice_changed(self, _event: Any = None) -> None:
-        """The slice on screen goes to the front of the queue, its neighbours after it; its
-        preview (if it has prompts) is drawn."""
+        """The slice on screen goes to the front of the queue (the tile at the centre of the
+        view first), its neighbours after it (on a tiled plane only the tile in view: a
+        4096 px plane has 25); its preview (if it has prompts) is drawn."""
         layer = self.image_layer
         if layer is None:
             return
@@ -386,7 +387,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         if self.model is None:
             return
         lead = ann.lead_shape
-        near = [here]
+        near = []
         for d in range(1, C.PREFETCH + 1):
             for axis in range(len(here)):
                 for step in (-d, d):
@@ -394,7 +395,13 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
                     k[axis] += step
                     if 0 <= k[axis] < lead[axis]:
                         near.append(tuple(k))
-        self.compute_embeddings(keys=near)
+        centre = self._view_centre(layer, ann)
+        if ann.session.grid.tiled:  # neighbours of a tiled plane: the tile in the view only
+            ann.request(near, tiles=ann.session.tiles_by_distance(centre)[:1], near=centre)
+        else:
+            ann.request(near, near=centre)
+        ann.request([here], near=centre)  # the slice on screen before them, its tile in view first
+        self._start_encoding()
 
     def _on_orientation_changed(self, _event: Any = None) -> None:
         """Transpose, Roll or 2D/3D: segment the new plane (embeddings per orientation stay stored)."""

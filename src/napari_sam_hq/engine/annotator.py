@@ -207,7 +207,7 @@ class Annotator:
         lookup = session.entry_lookup(session.plane(key))
         with self._lock:
             self._lookups[cache_key] = lookup
-            while len(self._lookups) > 8:
+            while len(self._lookups) > 4:  # each holds its plane (32 MB for 4096 x 4096 uint16)
                 self._lookups.popitem(last=False)
         return lookup
 

@@ -52,6 +52,22 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, str]:
     return _from_hf_or_official(sd), _file_id(path)
 
 
+def encoder_id(sd: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits identifying the image encoder's weights (``image_encoder.*``): the key of
+    stored embeddings, which depend on nothing else, so a checkpoint whose decoder was adapted
+    reuses them. Each tensor contributes its name, shape, dtype and its values (tensors above
+    65536 values by 65536 evenly strided ones: any dense change of a weight, as training
+    makes, changes them; hashing all of vit_h would cost seconds per load)."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in sd if k.startswith("image_encoder.")):
+        t = sd[name].detach().reshape(-1)
+        if t.numel() > 65536:
+            t = t[:: t.numel() // 65536][:65536]
+        h.update(f"{name}|{tuple(sd[name].shape)}|{sd[name].dtype}|".encode())
+        h.update(t.to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _file_id(path: Path) -> str:
     """First 16 hex digits of the file's sha256 (streamed)."""
     h = hashlib.sha256()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .build import build_sam_hq, place, prepare_for_inference
-from .checkpoints import CheckpointError, detect_spec, load_into, read_state_dict
+from .checkpoints import CheckpointError, detect_spec, encoder_id, load_into, read_state_dict
 from .download import Progress, checkpoint_path
 from .registry import CHECKPOINTS
 from .sam_hq import SamHQ
@@ -36,5 +36,6 @@ def load_model(
     with torch.device("meta"):  # no random init, no second copy of the weights
         model = build_sam_hq(spec)
     load_into(model, sd, source=str(path), assign=True)
-    model.checkpoint_id = content_id
+    model.checkpoint_id = encoder_id(sd)  # what embeddings depend on (an adapted decoder keeps it)
+    model.file_id = content_id
     return place(prepare_for_inference(model), device=device, dtype=dtype)

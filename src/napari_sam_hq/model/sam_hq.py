@@ -22,7 +22,9 @@ class SamHQ(nn.Module):
     """Container with the official module names, so official checkpoints load strictly.
 
     ``name`` is the registry name of the size (``vit_b`` ...); ``checkpoint_id`` says
-    which weights were loaded (a file hash or ``"random"``), for cache keys.
+    which image-encoder weights were loaded (``checkpoints.encoder_id``, or ``"random"``):
+    the key of stored embeddings, which a checkpoint with an adapted decoder shares;
+    ``file_id`` is the hash of the file loaded (``None`` when built in code).
     """
 
     mask_threshold: float = 0.0
@@ -41,6 +43,7 @@ class SamHQ(nn.Module):
         self.mask_decoder = mask_decoder
         self.name = name
         self.checkpoint_id = "random"
+        self.file_id: str | None = None
         self.register_buffer("pixel_mean", torch.empty(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.empty(3, 1, 1), persistent=False)
         self.init_buffers()

@@ -1,0 +1,480 @@
+"""Adapting SAM-HQ's decoder to a lab's images: training on stored embeddings.
+
+What is trained (``TrainSettings.train``):
+
+- ``"hq"`` (default): the HQ output token ``hf_token``, its hypernetwork ``hf_mlp`` and
+  the mask-feature branch ``embedding_maskfeature``. These act *after* the prompt-
+  independent HQ features (``embedding_encoder(embedding) + compress_vit_feat(early ViT
+  feature)``) that the embedding store keeps, so every stored embedding stays valid and
+  the early ViT feature (which the store does not keep) is never needed. The two branches
+  that make those features are frozen: training them would invalidate the stored
+  features and need every image encoded again.
+- ``"decoder"``: the whole mask decoder except those two branches (adds the two-way
+  transformer and the single-mask SAM head; the loss then also covers the default output,
+  SAM + HQ).
+
+Never the image encoder, so stored image embeddings stay valid for the adapted model.
+
+Frames: an object is an ``H x W`` bool mask on an image of ``original_size``; prompts are
+drawn from it in original (x, y) pixels and mapped to the model input as the predictor
+does; the loss compares the HQ mask logits (``256 x 256``, the model-input frame / 4)
+with the object's mask in that frame (area-resized), over the part of the grid the image
+covers. Loss: binary cross-entropy + Dice, as HQ-SAM's training.
+
+Prompts per object and step, as the official training: a box (jittered by up to 10% of
+its side), or 1-3 positive and 0-2 negative points, or the object's mask, eroded or
+dilated and noised, as the mask input (with its box).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .embedding import ImageEmbedding
+from .transforms import Frames
+
+HQ_PARTS = ("hf_token", "hf_mlp", "embedding_maskfeature")
+FEATURE_PARTS = ("compress_vit_feat", "embedding_encoder")  # make the stored HQ features: frozen
+LOW = 256  # the decoder's output grid
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (module notes). ``minutes``: a time budget (``None``: none); training
+    stops early when the held-out IoU has not improved for ``patience`` epochs."""
+
+    train: str = "hq"
+    epochs: int = 20
+    minutes: float | None = None
+    lr: float = 1e-3
+    val_fraction: float = 0.2
+    seed: int = 0
+    batch_objects: int = 8
+    steps_per_epoch: int | None = None  # default: every training object once per epoch
+    patience: int = 4
+    prompts: tuple[str, ...] = ("box", "points", "mask")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.prompts or set(self.prompts) - {"box", "points", "mask"}:
+            problems.append(f"prompts must be some of 'box', 'points', 'mask', got {self.prompts}")
+        if self.train not in ("hq", "decoder"):
+            problems.append(f"train must be 'hq' or 'decoder', got {self.train!r}")
+        if self.epochs < 1 or self.batch_objects < 1 or self.patience < 1:
+            problems.append("epochs, batch_objects and patience must be at least 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.minutes is not None and self.minutes <= 0:
+            problems.append(f"minutes must be positive, got {self.minutes}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class TrainingImage:
+    """One image's stored embedding and its objects (``H x W`` bool masks, original frame).
+    ``boxes`` (XYXY, one per object, optional): the box that prompts each object, default
+    its mask's bounding box."""
+
+    embedding: ImageEmbedding
+    objects: list[np.ndarray]
+    name: str = ""
+    boxes: list[np.ndarray] | None = None
+
+
+def objects_from_labels(labels: np.ndarray, *, min_area: int = 10) -> list[np.ndarray]:
+    """The objects of an ``H x W`` integer label image as bool masks (ids ascending; objects
+    smaller than ``min_area`` pixels are left out)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got {labels.dtype}: a label image, not a probability map")
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        mask = np.zeros(labels.shape, bool)
+        mask[sl] = labels[sl] == i
+        if mask.sum() >= min_area:
+            out.append(mask)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """Progress: ``fraction`` of the run (epochs or time budget), the epoch, the last
+    training loss, and after each epoch the held-out mean IoU (else ``None``)."""
+
+    fraction: float
+    epoch: int
+    loss: float
+    val_iou: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """The trained parameters (best held-out epoch), what was trained, and the figures."""
+
+    state: dict[str, torch.Tensor]
+    trained: list[str]
+    iou_before: float
+    iou_after: float
+    iou_before_hq_only: float
+    iou_after_hq_only: float
+    epochs: int
+    best_epoch: int
+    steps: int
+    seconds: float
+    train_objects: int
+    val_objects: int
+    losses: list[float] = field(default_factory=list)
+    val_history: list[float] = field(default_factory=list)
+
+    @property
+    def recommended_hq_token_only(self) -> bool:
+        return self.iou_after_hq_only > self.iou_after
+
+
+def trainable_parameters(model: Any, train: str = "hq") -> dict[str, torch.nn.Parameter]:
+    """``{official name: parameter}`` of what ``train`` adapts (module notes)."""
+    decoder = model.mask_decoder
+    out = {}
+    for name, p in decoder.named_parameters():
+        part = name.split(".")[0]
+        if part in FEATURE_PARTS:
+            continue
+        if train == "hq" and part not in HQ_PARTS:
+            continue
+        out[f"mask_decoder.{name}"] = p
+    return out
+
+
+# ------------------------------------------------------------------ targets and prompts
+
+
+@dataclass
+class _Object:
+    image: int
+    mask: np.ndarray
+    target: torch.Tensor  # 256 x 256 float in [0, 1], model-input frame / 4
+    box: np.ndarray  # XYXY original pixels
+
+
+def _low_res(mask: np.ndarray, frames: Frames) -> torch.Tensor:
+    """The mask in the decoder's 256 x 256 grid (area resize to the input frame / 4, padded)."""
+    ih, iw = frames.input_size
+    h, w = max(1, round(ih / 4)), max(1, round(iw / 4))
+    t = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None]
+    small = F.interpolate(t, size=(h, w), mode="area")[0, 0]
+    out = torch.zeros(LOW, LOW)
+    out[:h, :w] = small
+    return out
+
+
+def _valid(frames: Frames) -> torch.Tensor:
+    ih, iw = frames.input_size
+    v = torch.zeros(LOW, LOW)
+    v[: max(1, round(ih / 4)), : max(1, round(iw / 4))] = 1
+    return v
+
+
+def _box(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64)
+
+
+def _prompt(obj: _Object, frames: Frames, rng: np.random.Generator, kind: str) -> dict:
+    """One object's prompt of ``kind`` (``box``, ``points``, ``mask``), original frame."""
+    h, w = obj.mask.shape
+    x0, y0, x1, y1 = obj.box
+    if kind in ("box", "mask"):
+        jitter = rng.uniform(-0.1, 0.1, 4) * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0]) if kind == "box" else 0
+        box = np.clip(obj.box + jitter, 0, [w - 1, h - 1, w - 1, h - 1])
+        out: dict = {"box": box}
+        if kind == "mask":
+            m = obj.mask
+            r = int(rng.integers(0, 4))
+            if r:
+                m = (ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion)(m, iterations=r)
+            logits = _low_res(m, frames) * 2 - 1
+            logits = 8 * logits + torch.from_numpy(rng.normal(0, 2, (LOW, LOW)).astype(np.float32))
+            out["mask_input"] = logits
+        return out
+    ys, xs = np.nonzero(obj.mask)
+    n_pos = int(rng.integers(1, 4))
+    pick = rng.integers(0, len(xs), n_pos)
+    pts = [[xs[i], ys[i]] for i in pick]
+    labels = [1] * n_pos
+    n_neg = int(rng.integers(0, 3))
+    near = np.zeros_like(obj.mask)
+    ys0, xs0 = int(max(0, y0 - 8)), int(max(0, x0 - 8))
+    near[ys0 : int(y1) + 9, xs0 : int(x1) + 9] = True
+    near &= ~obj.mask
+    nys, nxs = np.nonzero(near)
+    if len(nxs):
+        for i in rng.integers(0, len(nxs), n_neg):
+            pts.append([nxs[i], nys[i]])
+            labels.append(0)
+    return {"point_coords": np.asarray(pts, np.float64), "point_labels": np.asarray(labels)}
+
+
+# ------------------------------------------------------------------ the forward
+
+
+def decoder_logits(model: Any, emb: ImageEmbedding, prompts: list[dict], *, dense_pe: torch.Tensor | None = None):
+    """SAM logits ``B x 4 x 256 x 256``, HQ logits ``B x 1 x 256 x 256`` and IoU ``B x 4`` for
+    prompts of one layout on one image, through the modules as the official code applies
+    them (no in-place fast path): autograd can train through it, and it gives the
+    inference path's logits (``tests/engine/test_training.py``)."""
+    frames = Frames(tuple(emb.original_size), tuple(emb.input_size))
+    dev = model.device
+    points = boxes = masks = None
+    if "point_coords" in prompts[0]:
+        n = max(len(p["point_coords"]) for p in prompts)
+        coords = np.zeros((len(prompts), n, 2))
+        labels = -np.ones((len(prompts), n), np.int64)  # -1: padding (the official "not a point")
+        for i, p in enumerate(prompts):
+            k = len(p["point_coords"])
+            coords[i, :k] = frames.coords_to_input(p["point_coords"])
+            labels[i, :k] = p["point_labels"]
+        points = (torch.as_tensor(coords, dtype=torch.float32, device=dev), torch.as_tensor(labels, device=dev))
+    if "box" in prompts[0]:
+        b = np.stack([frames.boxes_to_input(p["box"]) for p in prompts])
+        boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
+    if "mask_input" in prompts[0]:
+        masks = torch.stack([torch.as_tensor(p["mask_input"]) for p in prompts])[:, None].to(dev)
+    sparse, dense = model.prompt_encoder(points, boxes, masks)
+    pe = model.prompt_encoder.get_dense_pe() if dense_pe is None else dense_pe
+    image = torch.as_tensor(np.asarray(emb.image_embedding), dtype=torch.float32, device=dev)
+    hq = torch.as_tensor(np.asarray(emb.hq_features), dtype=torch.float32, device=dev)
+    return model.mask_decoder.predict_masks(image, pe, sparse, dense, hq, fused=False)
+
+
+def _loss(hq_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice over the covered grid, averaged over objects."""
+    x = hq_logits[:, 0]
+    bce = (F.binary_cross_entropy_with_logits(x, target, reduction="none") * valid).sum((1, 2)) / valid.sum((1, 2))
+    p = torch.sigmoid(x) * valid
+    dice = 1 - (2 * (p * target).sum((1, 2)) + 1) / (p.sum((1, 2)) + (target * valid).sum((1, 2)) + 1)
+    return (bce + dice).mean()
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _mean_iou(model, images, objs: list[_Object], prompts: list[dict], *, hq_only: bool) -> float:
+    """Held-out mean IoU at the decoder grid: the default output (SAM + HQ) or the HQ mask alone."""
+    if not objs:
+        return float("nan")
+    ious = []
+    with torch.no_grad():
+        for obj, prompt in zip(objs, prompts, strict=True):
+            emb = images[obj.image].embedding
+            frames = Frames(tuple(emb.original_size), tuple(emb.input_size))
+            sam, hq, _ = decoder_logits(model, emb, [prompt])
+            logits = hq[:, 0] if hq_only else sam[:, 0] + hq[:, 0]
+            pred = (logits[0] > 0) & (_valid(frames) > 0)
+            truth = obj.target > 0.5
+            union = (pred | truth).sum().item()
+            ious.append((pred & truth).sum().item() / union if union else 1.0)
+    return float(np.mean(ious))
+
+
+def iter_train(
+    model: Any, images: Iterable[TrainingImage], settings: TrainSettings | None = None
+) -> Generator[TrainStep, None, TrainResult]:
+    """Adapt ``model``'s decoder to ``images`` (their stored embeddings and objects).
+
+    Yields a ``TrainStep`` after every step and after every epoch's held-out evaluation;
+    returns a ``TrainResult`` (the best epoch's parameters). ``model`` is not changed: a
+    copy of its decoder is trained. Stopping the generator stops training and nothing is
+    kept. A run with the same ``seed`` and data gives the same weights.
+    """
+    settings = settings or TrainSettings()
+    images = list(images)
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    objs: list[_Object] = []
+    for i, im in enumerate(images):
+        frames = Frames(tuple(im.embedding.original_size), tuple(im.embedding.input_size))
+        boxes = im.boxes if im.boxes is not None else [None] * len(im.objects)
+        if len(boxes) != len(im.objects):
+            raise ValueError(f"{im.name or f'image {i}'}: {len(boxes)} boxes for {len(im.objects)} objects")
+        for m, given in zip(im.objects, boxes, strict=True):
+            m = np.asarray(m, bool)
+            if m.shape != tuple(im.embedding.original_size):
+                raise ValueError(
+                    f"an object of {im.name or f'image {i}'} has shape {m.shape}, its image "
+                    f"{tuple(im.embedding.original_size)}"
+                )
+            if m.any():
+                box = _box(m) if given is None else np.asarray(given, np.float64).ravel()
+                objs.append(_Object(i, m, _low_res(m, frames), box))
+    if len(objs) < 2:
+        raise ValueError(f"training needs at least 2 objects (got {len(objs)}): label more objects")
+    order = rng.permutation(len(objs))
+    n_val = max(1, round(settings.val_fraction * len(objs)))
+    val = [objs[i] for i in order[:n_val]]
+    train = [objs[i] for i in order[n_val:]]
+    val_prompts = [_prompt(o, _frames(images, o), np.random.default_rng([settings.seed, 1, k]), "box")
+                   for k, o in enumerate(val)]
+
+    work = _with_decoder(model, copy.deepcopy(model.mask_decoder))
+    params = trainable_parameters(work, settings.train)
+    for p in work.mask_decoder.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params.values(), lr=settings.lr)
+
+    before = _mean_iou(work, images, val, val_prompts, hq_only=False)
+    before_hq = _mean_iou(work, images, val, val_prompts, hq_only=True)
+    best_iou, best_state, best_epoch, stale = before, _snapshot(params), 0, 0
+    per_epoch = settings.steps_per_epoch or max(1, math.ceil(len(train) / settings.batch_objects))
+    start = time.monotonic()
+    budget = None if settings.minutes is None else 60 * settings.minutes
+    losses, history = [], []
+    steps = epoch = 0
+    with torch.enable_grad():
+        for epoch in range(1, settings.epochs + 1):
+            for k in range(per_epoch):
+                if budget is not None and time.monotonic() - start > budget:
+                    break
+                # one image, one prompt kind per step: the decoder takes one layout per call
+                image = int(rng.choice([o.image for o in train]))
+                pool = [o for o in train if o.image == image]
+                batch = [pool[i] for i in rng.permutation(len(pool))[: settings.batch_objects]]
+                kind = str(rng.choice(list(settings.prompts)))
+                frames = _frames(images, batch[0])
+                prompts = [_prompt(o, frames, rng, kind) for o in batch]
+                sam, hq, _ = decoder_logits(work, images[image].embedding, prompts)
+                target = torch.stack([o.target for o in batch])
+                valid = _valid(frames).expand_as(target)
+                loss = _loss(hq, target, valid)
+                if settings.train == "decoder":  # and the default output, SAM + HQ
+                    loss = loss + _loss(sam[:, :1] + hq, target, valid)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                losses.append(float(loss.detach()))
+                yield TrainStep(_fraction(epoch - 1 + (k + 1) / per_epoch, settings, start, budget), epoch, losses[-1])
+            iou = _mean_iou(work, images, val, val_prompts, hq_only=False)
+            history.append(iou)
+            yield TrainStep(_fraction(epoch, settings, start, budget), epoch, losses[-1] if losses else float("nan"),
+                            iou)
+            if iou > best_iou:
+                best_iou, best_state, best_epoch, stale = iou, _snapshot(params), epoch, 0
+            else:
+                stale += 1
+            if stale >= settings.patience or (budget is not None and time.monotonic() - start > budget):
+                break
+    for name, value in best_state.items():
+        params[name].data.copy_(value)
+    after = _mean_iou(work, images, val, val_prompts, hq_only=False)
+    after_hq = _mean_iou(work, images, val, val_prompts, hq_only=True)
+    return TrainResult(
+        state=best_state, trained=sorted(params), iou_before=before, iou_after=after,
+        iou_before_hq_only=before_hq, iou_after_hq_only=after_hq, epochs=epoch, best_epoch=best_epoch, steps=steps,
+        seconds=time.monotonic() - start, train_objects=len(train), val_objects=len(val),
+        losses=losses, val_history=history,
+    )
+
+
+def _with_decoder(model: Any, decoder: torch.nn.Module) -> Any:
+    """A shallow copy of ``model`` (the encoder's weights shared) with its own ``decoder``.
+    ``nn.Module`` keeps its children in dicts that ``copy.copy`` shares: they are copied
+    here, or setting the decoder would replace the original's too."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    out._parameters = dict(model._parameters)
+    out._buffers = dict(model._buffers)
+    out.mask_decoder = decoder
+    return out
+
+
+def _frames(images, obj: _Object) -> Frames:
+    emb = images[obj.image].embedding
+    return Frames(tuple(emb.original_size), tuple(emb.input_size))
+
+
+def _fraction(epochs_done: float, settings: TrainSettings, start: float, budget: float | None) -> float:
+    f = epochs_done / settings.epochs
+    if budget is not None:
+        f = max(f, (time.monotonic() - start) / budget)
+    return min(1.0, f)
+
+
+def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in params.items()}
+
+
+def apply_state(model: Any, state: dict[str, torch.Tensor]) -> Any:
+    """A copy of ``model`` whose decoder has the trained ``state`` (the encoder is shared)."""
+    out = _with_decoder(model, copy.deepcopy(model.mask_decoder))
+    decoder_state = {k.removeprefix("mask_decoder."): v for k, v in state.items()}
+    missing = set(decoder_state) - set(dict(out.mask_decoder.named_parameters()))
+    if missing:
+        raise ValueError(f"trained parameters not in this model's decoder: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, p in out.mask_decoder.named_parameters():
+            if name in decoder_state:
+                p.copy_(decoder_state[name].to(p))
+    return out
+
+
+def save_adapted(path, base_checkpoint, result: TrainResult, *, settings: TrainSettings, data: dict) -> tuple:
+    """The base checkpoint's state dict (official names) with the trained tensors in it, as
+    ``path`` (``.pth``), and a JSON model card of the same name. Returns both paths. The file
+    is written under a temporary name and renamed, so a stopped run leaves nothing."""
+    import json
+    import os
+    from pathlib import Path
+
+    from ..model.checkpoints import read_state_dict
+
+    path = Path(path)
+    sd, base_id = read_state_dict(base_checkpoint)
+    for name, value in result.state.items():
+        if name not in sd:
+            raise ValueError(f"{name} is not in the base checkpoint {base_checkpoint}")
+        sd[name] = value.detach().to(sd[name].dtype).cpu().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save(sd, tmp)
+    card = {
+        "format": "napari-sam-hq adapted model 1",
+        "base_checkpoint": str(base_checkpoint),
+        "base_checkpoint_sha256_16": base_id,
+        "trained": settings.train,
+        "trained_parameters": result.trained,
+        "trained_parameter_count": int(sum(v.numel() for v in result.state.values())),
+        "settings": asdict(settings),
+        "data": data,
+        "objects": {"train": result.train_objects, "held_out": result.val_objects},
+        "prompts": "per step one kind for the batch: jittered box, 1-3 positive + 0-2 negative points, "
+                   "or a dilated/eroded noisy mask with its box; held out: the object's box",
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "held_out_mean_iou": {"before": result.iou_before, "after": result.iou_after,
+                              "before_hq_token_only": result.iou_before_hq_only,
+                              "after_hq_token_only": result.iou_after_hq_only},
+        "recommended_hq_token_only": result.recommended_hq_token_only,
+    }
+    card_path = path.with_suffix(".json")
+    os.replace(tmp, path)
+    card_path.write_text(json.dumps(card, indent=2))
+    return path, card_path
