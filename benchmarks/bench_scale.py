@@ -39,12 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def _peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from bench_volume import _peak_mb  # noqa: E402 - after the path set-up
 
 
 def lazy_volume(shape: tuple[int, ...], chunk: int = 1024, seed: int = 0):
@@ -194,17 +189,7 @@ def part_stack(ckpt: str, tmp: Path) -> dict:
     labels = s.viewer.layers[C.LABELS_LAYER]
     out["labels_on_disk"] = type(labels.data).__module__.startswith("zarr")
     labels.selected_label = first_id
-    w.selected_only_check.setChecked(True)
-    w.propagation_form.score_threshold.value = 0.0
-    w.propagation_form.iou_threshold.value = 0.0
-    w.propagation_form.min_area.value = 1
-    w.propagation_form.max_slices.value = 25
-    t = time.perf_counter()
-    w.propagate()
-    w.wait()
-    out["propagate_50_s"] = time.perf_counter() - t
-    out["propagate_status"] = w.status_label.text()
-    out["peak_mb_after_propagation"] = _peak_mb()
+    out["propagate_50_s"] = _propagate(w, 25, out)
     reached = [z for z in range(125, 176) if z != 150 and (np.asarray(labels.data[z]) == first_id).any()]
     out["propagated_slices"] = len(reached)
     t = time.perf_counter()
@@ -213,6 +198,22 @@ def part_stack(ckpt: str, tmp: Path) -> dict:
     out["labels_mb"], out["labels_files"] = _labels_disk(w.labels_path())
     s.viewer.close()
     return out
+
+
+def _propagate(w, each_way: int, out: dict) -> float:
+    """Propagate the selected label ``each_way`` slices up and down (random weights: no
+    stopping rule would be meaningful, so the thresholds are off); returns the seconds."""
+    w.selected_only_check.setChecked(True)
+    form = w.propagation_form
+    form.score_threshold.value, form.iou_threshold.value, form.min_area.value = 0.0, 0.0, 1
+    form.max_slices.value = each_way
+    t = time.perf_counter()
+    w.propagate()
+    w.wait()
+    seconds = time.perf_counter() - t
+    out["propagate_status"] = w.status_label.text()
+    out["peak_mb_after_propagation"] = _peak_mb()
+    return seconds
 
 
 def part_volume(ckpt: str, tmp: Path) -> dict:
@@ -236,17 +237,7 @@ def part_volume(ckpt: str, tmp: Path) -> dict:
     out["labels_on_disk"] = type(labels.data).__module__.startswith("zarr")
     labels.selected_label = ids[1]
     s.viewer.dims.set_current_step(0, 500)
-    w.selected_only_check.setChecked(True)
-    w.propagation_form.score_threshold.value = 0.0
-    w.propagation_form.iou_threshold.value = 0.0
-    w.propagation_form.min_area.value = 1
-    w.propagation_form.max_slices.value = 10
-    t = time.perf_counter()
-    w.propagate()
-    w.wait()
-    out["propagate_20_s"] = time.perf_counter() - t
-    out["propagate_status"] = w.status_label.text()
-    out["peak_mb_after_propagation"] = _peak_mb()
+    out["propagate_20_s"] = _propagate(w, 10, out)
     path = w.labels_path(layer)
     out["labels_mb"], out["labels_files"] = _labels_disk(path)
     before = {z: np.asarray(labels.data[z]).copy() for z in (100, 495, 500, 505, 900)}
