@@ -257,3 +257,41 @@ def test_batch_on_a_dask_local_cluster_equals_serial(ckpt, tmp_path):
         a = tifffile.imread(tmp_path / "serial" / f"img{i}_labels.tif")
         b = tifffile.imread(tmp_path / "dask" / f"img{i}_labels.tif")
         np.testing.assert_array_equal(a, b)
+
+
+def _training_folders(tmp_path: Path, n: int = 2) -> tuple[Path, Path]:
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    yy, xx = np.indices((96, 120))
+    for i in range(n):
+        tifffile.imwrite(images / f"cells{i}.tif", blob_image(96, 120, seed=i, channels=1))
+        lab = np.zeros((96, 120), np.uint16)
+        for j, (cy, cx) in enumerate(((30, 30), (60, 80), (25, 95))):
+            lab[(yy - cy - 3 * i) ** 2 + (xx - cx) ** 2 <= 15**2] = j + 1
+        tifffile.imwrite(labels / f"cells{i}.tif", lab)
+    return images, labels
+
+
+def test_train_writes_an_adapted_checkpoint_and_refuses_bad_pairs(ckpt, tmp_path, capsys):
+    from napari_sam_hq.model import load_model
+
+    images, labels = _training_folders(tmp_path)
+    out = tmp_path / "adapted.pth"
+    args = ["train", "--images", str(images), "--labels", str(labels), "--model", ckpt, "--out", str(out),
+            "--epochs", "1", "--store", str(tmp_path / "store.zarr"), "--device", "cpu"]
+    assert main(args) == 0
+    assert "held-out mean IoU" in capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert load_model(out, device="cpu").checkpoint_id == load_model(ckpt, device="cpu").checkpoint_id
+    # bad pairs: one clear line each, nothing written
+    (labels / "cells1.tif").unlink()
+    assert main([*args[:-6], "--out", str(tmp_path / "x.pth"), "--device", "cpu"]) == 4
+    assert "cells1.tif: missing" in capsys.readouterr().err
+    tifffile.imwrite(labels / "cells1.tif", np.zeros((96, 120), np.float32) + 0.5)
+    assert main([*args[:-6], "--out", str(tmp_path / "x.pth"), "--device", "cpu"]) == 4
+    assert "integer ids" in capsys.readouterr().err
+    tifffile.imwrite(labels / "cells1.tif", np.zeros((50, 120), np.uint16))
+    assert main([*args[:-6], "--out", str(tmp_path / "x.pth"), "--device", "cpu"]) == 4
+    assert "not a pair" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()

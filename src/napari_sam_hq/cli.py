@@ -6,6 +6,7 @@
     napari-sam-hq auto IMAGE --model M --out labels.tif [--points-per-side N ...]
     napari-sam-hq measure LABELS [--image IMAGE] --out table.csv
     napari-sam-hq batch "GLOB" --model M (--prompts-dir DIR | --auto) --out-dir DIR
+    napari-sam-hq train --images DIR --labels DIR --model M --out adapted.pth [--minutes N ...]
 
 Exit codes: 0 done; 2 bad arguments; 3 an input file is missing or unreadable; 4 prompts
 or labels that do not fit the image; 1 anything else. Errors are one line on stderr.
@@ -136,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="local",
                    help="'local' (a LocalCluster), a dask scheduler address (tcp://host:8786), or 'serial'")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+
+    p = sub.add_parser("train", help="adapt the decoder to your images and label images (stored embeddings)")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--labels", required=True, help="folder of label images, same file names as the images")
+    _add_model(p)
+    p.add_argument("--out", required=True, help="the adapted checkpoint (.pth; a .json model card beside it)")
+    p.add_argument("--minutes", type=float, help="time budget")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", default="hq", choices=["hq", "decoder"])
+    p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
     return parser
 
 
@@ -309,8 +322,89 @@ def cmd_batch(args) -> int:
     return EXIT_ERROR if counts.get("error") and not counts.get("done") and not counts.get("skipped") else EXIT_OK
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _training_pairs(images_dir: str, labels_dir: str) -> list[tuple[Path, Path]]:
+    """Image and label files paired by identical name; a missing partner is refused."""
+    images, labels = Path(images_dir), Path(labels_dir)
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise CliError(f"{folder}: no such folder", EXIT_INPUT)
+    names = sorted(f.name for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise CliError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})", EXIT_INPUT)
+    missing = [n for n in names if not (labels / n).is_file()]
+    if missing:
+        raise CliError(f"{labels / missing[0]}: missing: every image needs a label image of the same name "
+                       f"({len(missing)} missing)", EXIT_MISMATCH)
+    return [(images / n, labels / n) for n in names]
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from .engine.batch import open_store
+    from .engine.io import InputError, read_image
+    from .engine.session import SegmentationSession
+    from .engine.training import TrainingImage, TrainSettings, iter_train, objects_from_labels, save_adapted
+    from .model.download import checkpoint_path
+    from .model.lazy import LazyModel
+
+    try:
+        settings = TrainSettings(train=args.train, epochs=args.epochs, minutes=args.minutes,
+                                 val_fraction=args.val_fraction, seed=args.seed)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+    pairs = _training_pairs(args.images, args.labels)
+    model = LazyModel(args.model, device=args.device)
+    _load_now(model)
+    store = open_store(args.store)
+    data, bar = [], Progress("embed")
+    for n, (image_path, labels_path) in enumerate(pairs):
+        try:
+            image = read_image(image_path)
+            labels = np.asarray(read_image(labels_path, rgb=False).data)
+        except InputError as err:
+            raise CliError(str(err), EXIT_INPUT) from err
+        spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+        if labels.shape != spatial:
+            raise CliError(f"{labels_path}: shape {labels.shape}, its image {spatial}: not a pair", EXIT_MISMATCH)
+        if labels.dtype.kind not in "iu":
+            raise CliError(f"{labels_path}: {labels.dtype} values: label images hold integer ids", EXIT_MISMATCH)
+        if not labels.any():
+            raise CliError(f"{labels_path}: no objects (all 0)", EXIT_MISMATCH)
+        session = SegmentationSession(model, image.data, rgb=image.rgb, store=store,
+                                      tile_size=max(64, *image.plane_shape), overlap=0)
+        for key in session.keys:  # stacks: slice by slice
+            for fraction, _ in session.iter_embed([key]):
+                bar((n + fraction) / len(pairs), image_path.name)
+            [(_, entry)] = session.entry_keys(key)
+            plane = labels[key] if key else labels
+            data.append(TrainingImage(session.store.get(session.model_id, entry), objects_from_labels(plane),
+                                      f"{image_path.name}{list(key) if key else ''}"))
+    bar(1.0)
+    gen = iter_train(model.load(), data, settings)
+    train_bar = Progress("train")
+    try:
+        while True:
+            step = next(gen)
+            train_bar(step.fraction, f"epoch {step.epoch} loss {step.loss:.3f}"
+                      + ("" if step.val_iou is None else f" held-out IoU {step.val_iou:.3f}"))
+    except StopIteration as stop:
+        result = stop.value
+    except ValueError as err:
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    out, card = save_adapted(args.out, checkpoint_path(args.model), result, settings=settings,
+                             data={"images": [str(p) for p, _ in pairs], "labels": [str(q) for _, q in pairs]})
+    print(f"held-out mean IoU {result.iou_before:.3f} -> {result.iou_after:.3f} (HQ mask "
+          f"{result.iou_before_hq_only:.3f} -> {result.iou_after_hq_only:.3f}) after {result.epochs} epoch(s), "
+          f"{result.seconds:.0f} s; wrote {out} and {card}")
+    return EXIT_OK
+
+
 COMMANDS = {"models": cmd_models, "embed": cmd_embed, "segment": cmd_segment, "auto": cmd_auto,
-            "measure": cmd_measure, "batch": cmd_batch}
+            "measure": cmd_measure, "batch": cmd_batch, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
