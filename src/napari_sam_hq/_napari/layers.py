@@ -42,11 +42,6 @@ def spatial_shape(layer: napari.layers.Image) -> tuple[int, ...]:
     return shape[:-1] if layer.rgb else shape
 
 
-def leading_ndim(layer: napari.layers.Image) -> int:
-    """Number of slicing axes (spatial axes besides the plane's two)."""
-    return len(spatial_shape(layer)) - 2
-
-
 def orientation_of(viewer: napari.viewer.Viewer, layer: napari.layers.Image) -> Orientation | None:
     """The plane the viewer displays of ``layer`` (``None`` in 3D display or when a displayed
     axis is not one of the layer's)."""
@@ -147,9 +142,6 @@ class LayerLabels(LabelVolume):
     def _store_region(self, region, new) -> None:
         self.layer.data[region] = new
 
-    def _store_points(self, indices, values) -> None:
-        self.layer.data[indices] = values
-
     def _push_step(self, step: list) -> None:
         super()._push_step(step)
         self._timeline.append("ours")
@@ -170,24 +162,18 @@ class LayerLabels(LabelVolume):
         if not self._timeline:
             self._napari_undo()  # strokes from before the binding
             return False
-        kind = self._timeline.pop()
-        if kind == "ours":
-            super().undo()
-        else:
-            self._napari_undo()
-        self._redo_timeline.append(kind)
-        self.layer.refresh()
-        return True
+        return self._step(self._timeline, self._redo_timeline, super().undo, self._napari_undo)
 
     def redo(self) -> bool:
         if not self._redo_timeline:
             return False
-        kind = self._redo_timeline.pop()
-        if kind == "ours":
-            super().redo()
-        else:
-            self._napari_redo()
-        self._timeline.append(kind)
+        return self._step(self._redo_timeline, self._timeline, super().redo, self._napari_redo)
+
+    def _step(self, source: list[str], target: list[str], ours, napari) -> bool:
+        """Replay the newest change of ``source`` (ours or napari's) and move it to ``target``."""
+        kind = source.pop()
+        (ours if kind == "ours" else napari)()
+        target.append(kind)
         self.layer.refresh()
         return True
 

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 from ..engine.propagation import PropagationSettings
 from ..engine.settings import AutoSettings
 from .forms import read_settings, settings_form
-from .layers import SliceKey
+from .layers import SliceKey, spatial_shape
 
 UNIT = dict(min=0.0, max=1.0, step=0.05)
 
@@ -117,7 +117,7 @@ class PropagationTool:
         """Propagate the objects of the current slice (or the selected label) through the
         stack along the last slicing axis of the plane on screen. Returns the worker, or ``None``."""
         image = self.image_layer
-        if image is not None and len(image.data.shape) - (1 if image.rgb else 0) < 3 and not image.multiscale:
+        if image is not None and len(spatial_shape(image)) < 3:
             show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
             return None
         found = _tool_target(
@@ -126,9 +126,6 @@ class PropagationTool:
         if found is None:
             return None
         ann, here, target = found
-        if not ann.lead_shape:
-            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
-            return None
         settings = _settings(self, PropagationSettings, self.propagation_form)  # max_slices 0 -> None
         if settings is None:
             return None

@@ -699,16 +699,17 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
         for key, message in errors.items():
             self._report_error(f"slice {key}: {message}" if key else message)
         layer = self.image_layer
-        if layer is not None and self.annotator(layer).waiting:
+        waiting = layer is not None and bool(self.annotator(layer).waiting)
+        if waiting:
             self._start_encoding()
         self._draw_preview()
         scores = [o.score for objects in preview.values() for o in objects]
         if scores:
-            waiting = " (refining as tiles arrive)" if self.annotator(layer).waiting else ""
+            note = " (refining as tiles arrive)" if waiting else ""
             self.status_label.setText(
                 f"Preview: {len(scores)} object(s), predicted IoU "
                 + ", ".join(f"{s:.2f}" for s in scores[:8])
-                + (" …" if len(scores) > 8 else "") + waiting
+                + (" …" if len(scores) > 8 else "") + note
             )
 
     def _on_decode_finished(self) -> None:

@@ -2,9 +2,8 @@
 user committed, kept with the labels; on disk (zarr) when a dense array would be large.
 
 Frames: a ``LabelVolume`` is in the image's *data frame* (its spatial shape, no colour
-axis), whatever plane the viewer shows. Writes are fancy-index assignments
-``(indices per data axis, values)``, so they touch only the chunks of the pixels written;
-reads are plain slices.
+axis), whatever plane the viewer shows. Reads and writes are boxes (plain slices), so they
+touch only the chunks under them.
 
 Bookkeeping (in zarr attributes for labels on disk, so a reopened volume has it too):
 
@@ -241,7 +240,7 @@ class LabelVolume:
                 return 0
             self._store_region(region, new)
             if self._history:
-                self._record(("region", region, _pack(changed), _pack(old[changed]), _pack(new[changed])))
+                self._record((region, _pack(changed), _pack(old[changed]), _pack(new[changed])))
             self._note_region(region, changed, new)
             return int(changed.sum())
 
@@ -282,29 +281,8 @@ class LabelVolume:
         if self._staged is None:
             self._save_meta()
 
-    def set(self, indices: tuple[np.ndarray, ...], values: Any) -> int:
-        """``array[indices] = values`` (fancy indices) for the pixels that change; returns how
-        many did. For scattered pixels; boxes go through ``write_region``."""
-        if not indices or not indices[0].size:
-            return 0
-        with self._lock:
-            old = np.asarray(self.array[indices])
-            values = np.broadcast_to(np.asarray(values, self.dtype), old.shape)
-            changed = old != values
-            if not changed.any():
-                return 0
-            indices = tuple(ix[changed] for ix in indices)
-            old, values = old[changed], np.ascontiguousarray(values[changed])
-            self._store_points(indices, values)
-            self._record(("points", indices, old, values))
-            self.note_written(indices, values)
-            return int(changed.sum())
-
     def _store_region(self, region: tuple[slice, ...], new: np.ndarray) -> None:
         self.array[region] = new
-
-    def _store_points(self, indices: tuple[np.ndarray, ...], values: np.ndarray) -> None:
-        self.array[indices] = values
 
     def _record(self, atom: tuple) -> None:
         if not self._history:
@@ -348,18 +326,12 @@ class LabelVolume:
                 return False
             step = source.pop()
             for atom in reversed(step) if undoing else step:
-                if atom[0] == "region":
-                    _, region, changed, old, new = (atom[0], atom[1], *map(_unpack, atom[2:]))
-                    box = np.array(self.array[region], copy=True)
-                    box[changed] = old if undoing else new
-                    self._store_region(region, box)
-                    if not undoing:
-                        self._note_region(region, changed, box)
-                else:
-                    _, indices, old, new = atom
-                    self._store_points(indices, old if undoing else new)
-                    if not undoing:
-                        self.note_written(indices, new)
+                region, changed, old, new = (atom[0], *map(_unpack, atom[1:]))
+                box = np.array(self.array[region], copy=True)
+                box[changed] = old if undoing else new
+                self._store_region(region, box)
+                if not undoing:
+                    self._note_region(region, changed, box)
             target.append(step)
             return True
 

@@ -58,16 +58,6 @@ class Orientation:
             index[axis] = int(k)
         return tuple(index)
 
-    def data_index(self, key: tuple[int, ...], rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Fancy data-frame indices of plane pixels ``(rows, cols)`` on slice ``key``."""
-        n = rows.size
-        index: list[np.ndarray] = [np.empty(0, np.intp)] * self.ndim
-        for axis, k in zip(self.lead_axes, key, strict=True):
-            index[axis] = np.full(n, int(k), np.intp)
-        index[self.plane_axes[0]] = rows
-        index[self.plane_axes[1]] = cols
-        return tuple(index)
-
     def region(self, key: tuple[int, ...], box: tuple[int, int, int, int]) -> tuple[slice, ...]:
         """The data-frame box of rows ``[y0, y1)`` x cols ``[x0, x1)`` of the plane at ``key``
         (one deep on the slicing axes)."""
