@@ -19,7 +19,7 @@ Bookkeeping (in zarr attributes for labels on disk, so a reopened volume has it 
 
 Undo and redo: every write inside one ``transaction()`` is one step; a step stores, per box
 written, the mask of the pixels it changed and their old and new values, compressed
-(``_pack``), nothing else.
+(``pack``), nothing else.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def open_labels_zarr(path: str | Path, shape: tuple[int, ...], *, dtype: Any = n
     return array
 
 
-def _pack(array: np.ndarray) -> tuple[bytes, np.dtype, tuple[int, ...]]:
+def pack(array: np.ndarray) -> tuple[bytes, np.dtype, tuple[int, ...]]:
     """An undo step's array, compressed (masks and label values shrink 10-1000x; lz4 runs at
     GB/s), so a propagation of large objects does not keep hundreds of MB of history."""
     from numcodecs import Blosc
@@ -94,7 +94,7 @@ def _pack(array: np.ndarray) -> tuple[bytes, np.dtype, tuple[int, ...]]:
     return codec.encode(array), array.dtype, array.shape
 
 
-def _unpack(packed: tuple[bytes, np.dtype, tuple[int, ...]]) -> np.ndarray:
+def unpack(packed: tuple[bytes, np.dtype, tuple[int, ...]]) -> np.ndarray:
     from numcodecs import Blosc
 
     data, dtype, shape = packed
@@ -240,7 +240,7 @@ class LabelVolume:
                 return 0
             self._store_region(region, new)
             if self._history:
-                self._record((region, _pack(changed), _pack(old[changed]), _pack(new[changed])))
+                self._record((region, pack(changed), pack(old[changed]), pack(new[changed])))
             self._note_region(region, changed, new)
             return int(changed.sum())
 
@@ -326,7 +326,7 @@ class LabelVolume:
                 return False
             step = source.pop()
             for atom in reversed(step) if undoing else step:
-                region, changed, old, new = (atom[0], *map(_unpack, atom[1:]))
+                region, changed, old, new = (atom[0], *map(unpack, atom[1:]))
                 box = np.array(self.array[region], copy=True)
                 box[changed] = old if undoing else new
                 self._store_region(region, box)

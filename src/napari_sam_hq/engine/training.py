@@ -21,9 +21,12 @@ does; the loss compares the HQ mask logits (``256 x 256``, the model-input frame
 with the object's mask in that frame (area-resized), over the part of the grid the image
 covers. Loss: binary cross-entropy + Dice, as HQ-SAM's training.
 
-Prompts per object and step, as the official training: a box (jittered by up to 10% of
-its side), or 1-3 positive and 0-2 negative points, or the object's mask, eroded or
-dilated and noised, as the mask input (with its box).
+Prompts per object and step (``TrainSettings.prompts``), as the official training: a
+``box`` (jittered by up to 10% of its side), or 1-3 positive and 0-2 negative ``points``,
+or the object's ``mask``, eroded or dilated and noised, as the mask input (with its box);
+and ``refine``: what ``refine`` gives a user's imperfect label (its box, its innermost
+point and its noised mask, all from the eroded or dilated mask), to adapt a model for
+refining label images. Held out: each object with one fixed prompt of the trained kinds.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from .transforms import Frames
 HQ_PARTS = ("hf_token", "hf_mlp", "embedding_maskfeature")
 FEATURE_PARTS = ("compress_vit_feat", "embedding_encoder")  # make the stored HQ features: frozen
 LOW = 256  # the decoder's output grid
+PROMPT_KINDS = ("box", "points", "mask", "refine")
+MASK_LOGIT = 8.0  # a mask given as the decoder's mask input: +-MASK_LOGIT inside / outside
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.prompts or set(self.prompts) - {"box", "points", "mask"}:
-            problems.append(f"prompts must be some of 'box', 'points', 'mask', got {self.prompts}")
+        if not self.prompts or set(self.prompts) - set(PROMPT_KINDS):
+            problems.append(f"prompts must be some of {', '.join(map(repr, PROMPT_KINDS))}, got {self.prompts}")
         if self.train not in ("hq", "decoder"):
             problems.append(f"train must be 'hq' or 'decoder', got {self.train!r}")
         if self.epochs < 1 or self.batch_objects < 1 or self.patience < 1:
@@ -182,6 +187,13 @@ def _low_res(mask: np.ndarray, frames: Frames) -> torch.Tensor:
     return out
 
 
+def mask_to_logits(mask: np.ndarray, frames: Frames) -> torch.Tensor:
+    """An ``H x W`` bool mask (original frame of ``frames``) as the decoder's mask input:
+    ``256 x 256`` logits, ``+MASK_LOGIT`` inside, ``-MASK_LOGIT`` outside and on the padding,
+    in between where a low-res cell is partly covered."""
+    return MASK_LOGIT * (2 * _low_res(mask, frames) - 1)
+
+
 def _valid(frames: Frames) -> torch.Tensor:
     ih, iw = frames.input_size
     v = torch.zeros(LOW, LOW)
@@ -198,18 +210,26 @@ def _prompt(obj: _Object, frames: Frames, rng: np.random.Generator, kind: str) -
     """One object's prompt of ``kind`` (``box``, ``points``, ``mask``), original frame."""
     h, w = obj.mask.shape
     x0, y0, x1, y1 = obj.box
+    if kind == "refine":  # what refine.iter_refine gives a user's imperfect label: box, inner point, mask
+        from .refine import RefineSettings, object_prompts
+        from .tiling import TileGrid
+
+        m = _perturbed(obj.mask, rng)
+        if not m.any():
+            m = obj.mask
+        out = object_prompts(m, (0, 0), TileGrid((h, w), tile_size=max(64, h, w), overlap=0), RefineSettings())
+        out.pop("tile")
+        noise = torch.from_numpy(rng.normal(0, 2, (LOW, LOW)).astype(np.float32))
+        out["mask_input"] = torch.as_tensor(out["mask_input"]) + noise
+        return out
     if kind in ("box", "mask"):
         jitter = rng.uniform(-0.1, 0.1, 4) * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0]) if kind == "box" else 0
         box = np.clip(obj.box + jitter, 0, [w - 1, h - 1, w - 1, h - 1])
         out: dict = {"box": box}
         if kind == "mask":
-            m = obj.mask
-            r = int(rng.integers(0, 4))
-            if r:
-                m = (ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion)(m, iterations=r)
-            logits = _low_res(m, frames) * 2 - 1
-            logits = 8 * logits + torch.from_numpy(rng.normal(0, 2, (LOW, LOW)).astype(np.float32))
-            out["mask_input"] = logits
+            m = _perturbed(obj.mask, rng)
+            noise = torch.from_numpy(rng.normal(0, 2, (LOW, LOW)).astype(np.float32))
+            out["mask_input"] = mask_to_logits(m, frames) + noise
         return out
     ys, xs = np.nonzero(obj.mask)
     n_pos = int(rng.integers(1, 4))
@@ -227,6 +247,14 @@ def _prompt(obj: _Object, frames: Frames, rng: np.random.Generator, kind: str) -
             pts.append([nxs[i], nys[i]])
             labels.append(0)
     return {"point_coords": np.asarray(pts, np.float64), "point_labels": np.asarray(labels)}
+
+
+def _perturbed(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` dilated or eroded by 0-3 pixels: a user's imperfect label of the object."""
+    r = int(rng.integers(0, 4))
+    if not r:
+        return mask
+    return (ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion)(mask, iterations=r)
 
 
 # ------------------------------------------------------------------ the forward
@@ -327,7 +355,9 @@ def iter_train(
     n_val = max(1, round(settings.val_fraction * len(objs)))
     val = [objs[i] for i in order[:n_val]]
     train = [objs[i] for i in order[n_val:]]
-    val_prompts = [_prompt(o, _frames(images, o), np.random.default_rng([settings.seed, 1, k]), "box")
+    # held out: each object with one prompt of the kinds trained on, the same in every epoch
+    kinds = settings.prompts
+    val_prompts = [_prompt(o, _frames(images, o), np.random.default_rng([settings.seed, 1, k]), kinds[k % len(kinds)])
                    for k, o in enumerate(val)]
 
     work = _with_decoder(model, copy.deepcopy(model.mask_decoder))
