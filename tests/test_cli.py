@@ -295,3 +295,35 @@ def test_train_writes_an_adapted_checkpoint_and_refuses_bad_pairs(ckpt, tmp_path
     assert main([*args[:-6], "--out", str(tmp_path / "x.pth"), "--device", "cpu"]) == 4
     assert "not a pair" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_refine_keeps_ids_writes_a_table_and_refuses_labels_of_another_image(ckpt, tmp_path, capsys):
+    import pandas as pd
+
+    images, labels = _training_folders(tmp_path, n=1)
+    image, lab = images / "cells0.tif", labels / "cells0.tif"
+    out = tmp_path / "refined.tif"
+    base = [image.as_posix(), lab.as_posix(), "--model", ckpt, "--device", "cpu", "--store", "none"]
+    # every answer accepted (a random model's masks): ids stay, changes are in the table
+    assert main(["refine", *base, "--out", str(out), "--min-iou", "0"]) == 0
+    assert "object(s) refined" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "refined.refine.csv")
+    given, refined = tifffile.imread(lab), tifffile.imread(out)
+    assert list(table.label) == [1, 2, 3] and set(table.status) <= {"refined", "kept: empty answer"}
+    assert set(np.unique(refined)) <= {0, 1, 2, 3} and refined.shape == given.shape
+    for row in table.itertuples():
+        assert row.area_before == (given == row.label).sum() and row.area_after == (refined == row.label).sum()
+    # the default keeps masks a model changed beyond recognition; the table says why
+    assert main(["refine", *base, "--out", str(out), "--table", str(tmp_path / "t.csv")]) == 0
+    kept = pd.read_csv(tmp_path / "t.csv")
+    np.testing.assert_array_equal(tifffile.imread(out)[np.isin(given, kept.label[kept.iou < 0.5])],
+                                  given[np.isin(given, kept.label[kept.iou < 0.5])])
+    # labels of another image, float labels, a missing file: one line each, nothing written
+    tifffile.imwrite(tmp_path / "small.tif", given[:50])
+    tifffile.imwrite(tmp_path / "float.tif", given.astype(np.float32))
+    for bad, code, words in ((tmp_path / "small.tif", 4, "not its labels"), (tmp_path / "float.tif", 4, "integer ids"),
+                             (tmp_path / "none.tif", 3, "none.tif")):
+        argv = ["refine", image.as_posix(), bad.as_posix(), *base[2:], "--out", str(tmp_path / "x.tif")]
+        assert main(argv) == code
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()

@@ -7,6 +7,7 @@
     napari-sam-hq measure LABELS [--image IMAGE] --out table.csv
     napari-sam-hq batch "GLOB" --model M (--prompts-dir DIR | --auto) --out-dir DIR
     napari-sam-hq train --images DIR --labels DIR --model M --out adapted.pth [--minutes N ...]
+    napari-sam-hq refine IMAGE LABELS --model M --out refined.tif [--table changes.csv ...]
 
 Exit codes: 0 done; 2 bad arguments; 3 an input file is missing or unreadable; 4 prompts
 or labels that do not fit the image; 1 anything else. Errors are one line on stderr.
@@ -148,7 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", default="hq", choices=["hq", "decoder"])
+    p.add_argument("--prompts", nargs="+", default=["box", "points", "mask"],
+                   choices=["box", "points", "mask", "refine"],
+                   help="prompt kinds to train on ('refine': to refine label images with the model)")
     p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
+
+    p = sub.add_parser("refine", help="re-segment every object of a label image (Cellpose, StarDist, ...)")
+    p.add_argument("image")
+    p.add_argument("labels", help="label image of the same shape (integer ids; kept in the output)")
+    _add_model(p)
+    _add_image_options(p)
+    p.add_argument("--out", required=True, help="refined labels TIFF to write")
+    p.add_argument("--table", help="per-object changes CSV (default: next to --out, .refine.csv)")
+    p.add_argument("--min-iou", type=float, default=0.5,
+                   help="keep the old mask when the new one overlaps it less than this")
+    p.add_argument("--no-point", action="store_true", help="prompt without the interior point")
+    p.add_argument("--no-mask", action="store_true", help="prompt without the object's own mask")
+    p.add_argument("--hq-token-only", action="store_true")
     return parser
 
 
@@ -347,13 +364,13 @@ def cmd_train(args) -> int:
     from .engine.batch import open_store
     from .engine.io import InputError, read_image
     from .engine.session import SegmentationSession
-    from .engine.training import TrainingImage, TrainSettings, iter_train, objects_from_labels, save_adapted
+    from .engine.training import TrainSettings, iter_train, iter_training_images, save_adapted
     from .model.download import checkpoint_path
     from .model.lazy import LazyModel
 
     try:
         settings = TrainSettings(train=args.train, epochs=args.epochs, minutes=args.minutes,
-                                 val_fraction=args.val_fraction, seed=args.seed)
+                                 val_fraction=args.val_fraction, seed=args.seed, prompts=tuple(args.prompts))
     except ValueError as err:
         raise CliError(str(err), EXIT_USAGE) from err
     pairs = _training_pairs(args.images, args.labels)
@@ -374,15 +391,14 @@ def cmd_train(args) -> int:
             raise CliError(f"{labels_path}: {labels.dtype} values: label images hold integer ids", EXIT_MISMATCH)
         if not labels.any():
             raise CliError(f"{labels_path}: no objects (all 0)", EXIT_MISMATCH)
-        session = SegmentationSession(model, image.data, rgb=image.rgb, store=store,
-                                      tile_size=max(64, *image.plane_shape), overlap=0)
-        for key in session.keys:  # stacks: slice by slice
-            for fraction, _ in session.iter_embed([key]):
+        session = SegmentationSession(model, image.data, rgb=image.rgb, store=store)
+        gen = iter_training_images(session, labels, name=image_path.name)
+        try:
+            while True:
+                fraction, _ = next(gen)
                 bar((n + fraction) / len(pairs), image_path.name)
-            [(_, entry)] = session.entry_keys(key)
-            plane = labels[key] if key else labels
-            data.append(TrainingImage(session.store.get(session.model_id, entry), objects_from_labels(plane),
-                                      f"{image_path.name}{list(key) if key else ''}"))
+        except StopIteration as stop:
+            data += stop.value
     bar(1.0)
     gen = iter_train(model.load(), data, settings)
     train_bar = Progress("train")
@@ -403,8 +419,48 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_refine(args) -> int:
+    import numpy as np
+
+    from .engine.io import InputError, read_image, write_labels, write_table
+    from .engine.refine import REFINED, RefineSettings, iter_refine
+
+    try:
+        settings = RefineSettings(min_iou=args.min_iou, use_point=not args.no_point, use_mask=not args.no_mask,
+                                  hq_token_only=args.hq_token_only)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+    try:
+        labels = read_image(args.labels, rgb=False).data
+    except InputError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    image, model = _load(args)
+    spatial = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
+    if tuple(labels.shape) != spatial:
+        raise CliError(f"{args.labels}: shape {tuple(labels.shape)}, the image {spatial}: not its labels",
+                       EXIT_MISMATCH)
+    if labels.dtype.kind not in "iu":
+        raise CliError(f"{args.labels}: {labels.dtype} values: label images hold integer ids", EXIT_MISMATCH)
+    session = _session(args, image, model)
+    bar = Progress("refine")
+    gen = iter_refine(session, labels, None, settings)
+    try:
+        while True:
+            bar(*next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    out = np.array(labels)
+    result.write(out)
+    write_labels(args.out, out)
+    table_path = args.table or str(Path(args.out).with_suffix("")) + ".refine.csv"
+    write_table(table_path, result.table())
+    refined = sum(c.status == REFINED for c in result.changes)
+    print(f"{refined} of {len(result.changes)} object(s) refined -> {args.out}; changes per object -> {table_path}")
+    return EXIT_OK
+
+
 COMMANDS = {"models": cmd_models, "embed": cmd_embed, "segment": cmd_segment, "auto": cmd_auto,
-            "measure": cmd_measure, "batch": cmd_batch, "train": cmd_train}
+            "measure": cmd_measure, "batch": cmd_batch, "train": cmd_train, "refine": cmd_refine}
 
 
 def main(argv: list[str] | None = None) -> int:

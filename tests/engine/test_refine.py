@@ -198,3 +198,35 @@ def test_an_adapted_model_refines_labels_closer_to_the_truth(small_checkpoint):
               f"random base (its answers are refused), {outs['adapted']:.3f} by the adapted model")
         assert outs["base"] >= before - 0.01  # the safeguard keeps what a bad model would ruin
         assert outs["adapted"] > before + 0.03
+
+
+def test_the_annotator_refines_across_planes_of_any_orientation_as_one_undo_step():
+    from napari_sam_hq.engine.annotator import Annotator
+    from napari_sam_hq.engine.labels import LabelVolume
+    from napari_sam_hq.engine.store import EmbeddingStore
+
+    # a volume whose X-Z planes hold discs: segmented after a turn to those planes
+    discs = [(20, 30, 9), (40, 70, 12)]
+    planes, truths = zip(*(disc_image((60, 100), discs, seed=s) for s in range(4)), strict=True)
+    image = np.stack(planes, axis=1)  # Z x Y x X with the discs in Z-X planes at each y
+    truth = np.stack(truths, axis=1)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, 1, :] = ndimage.generate_binary_structure(2, 1)  # erode within Z-X planes only
+    given = np.where(ndimage.binary_erosion(truth > 0, in_plane, iterations=2), truth, 0).astype(np.uint32)
+    labels = LabelVolume(given.copy())
+    ann = Annotator(image, model=FakeModel(), store=EmbeddingStore(None), labels=labels,
+                    predictor_factory=FakePredictor)
+    ann.set_orientation((0, 2))
+    result = exhaust(ann.iter_refine(given))
+    assert {p.key for p in result.planes} == {(0,), (1,), (2,), (3,)}
+    assert ann.apply_refine(result) > 0
+    for i in (1, 2):
+        assert _iou(labels.array == i, truth == i) > 0.9 > _iou(given == i, truth == i)
+    assert labels.undo() and np.array_equal(labels.array, given)  # one step undoes all planes
+    assert not labels.undo()
+    # training data comes with the tile that answers each object
+    found = exhaust(ann.iter_training_images(truth.astype(np.uint32), [(1,), (2,)], name="vol"))
+    assert [len(t.objects) for t in found] == [2, 2] and found[0].objects[0].shape == (60, 100)
+    assert found[0].name == "vol[1]"
+    with pytest.raises(ValueError, match="do not fit"):
+        exhaust(ann.iter_refine(given[:, :3]))

@@ -560,6 +560,43 @@ class Annotator:
         return sorted(int(i) for i in new)
 
 
+    # ------------------------------------------------------------------ adapt and refine
+
+    def iter_training_images(self, source: Any, keys: list[SliceKey] | None = None, *, name: str = ""):
+        """``training.iter_training_images`` of the label image ``source`` (data frame, the
+        image's spatial shape) in the current orientation."""
+        from .training import iter_training_images
+
+        return iter_training_images(self.session, self._oriented_labels(source), keys, name=name)
+
+    def iter_refine(self, source: Any, keys: list[SliceKey] | None = None, settings: Any = None):
+        """``refine.iter_refine`` of the label image ``source`` (data frame) in the current
+        orientation; write the result with ``apply_refine``."""
+        from .refine import iter_refine
+
+        return iter_refine(self.session, self._oriented_labels(source), keys, settings)
+
+    def _oriented_labels(self, source: Any) -> Any:
+        shape = tuple(int(s) for s in source.shape)
+        if shape != self.spatial_shape:
+            raise ValueError(f"labels of shape {shape} do not fit the image's {self.spatial_shape}: "
+                             "pick the labels of this image")
+        return self.orientation.view(source)
+
+    def apply_refine(self, result: Any, labels: LabelVolume | None = None) -> int:
+        """Write a ``RefineResult`` (made in the current orientation) into ``labels`` (default:
+        the annotator's) as one undo step; returns the pixels changed."""
+        labels = labels if labels is not None else self._labels()
+        o = self.orientation
+        changed = 0
+        with labels.transaction():
+            for plane in result.planes:
+                values = plane.values()
+                changed += labels.write_region(o.region(plane.key, plane.box), o.to_region(values),
+                                               o.to_region(np.ones(values.shape, bool)))
+        return changed
+
+
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """``(y0, x0, y1, x1)`` half-open box of a plane mask, ``None`` when it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))

@@ -165,6 +165,35 @@ def trainable_parameters(model: Any, train: str = "hq") -> dict[str, torch.nn.Pa
     return out
 
 
+def iter_training_images(session: Any, labels: Any, keys: Iterable[tuple[int, ...]] | None = None,
+                         *, name: str = "") -> Generator[tuple[float, str], None, list[TrainingImage]]:
+    """The objects of ``labels`` (integer ids, the session's ``(*lead, H, W)`` shape, read a
+    plane at a time) on ``keys`` (default: every slice) with the embeddings they train on:
+    each object with the tile the session would answer it from (the whole plane when it is
+    not tiled), so training sees what inference sees. Tiles missing from the store are
+    encoded (and stored). Yields ``(fraction, message)``; returns one ``TrainingImage`` per
+    tile that holds objects. Slices without objects cost one plane read."""
+    from .tiling import prompt_extent
+
+    shape = tuple(int(s) for s in labels.shape)
+    if shape != (*session.lead_shape, *session.plane_shape):
+        raise ValueError(f"the labels have shape {shape}, the image {(*session.lead_shape, *session.plane_shape)}")
+    keys = [session.check_key(k) for k in (session.keys if keys is None else keys)]
+    out: list[TrainingImage] = []
+    for n, key in enumerate(keys, start=1):
+        plane = np.asarray(labels[key] if key else labels[...])
+        by_tile: dict = {}
+        for mask in objects_from_labels(plane) if plane.any() else []:
+            tile = session.grid.choose(prompt_extent(mask=mask))
+            by_tile.setdefault(tile, []).append(mask[tile.slices])
+        for tile, masks in by_tile.items():
+            emb = session.tile_predictor(key, tile).get_image_embedding(early=False)
+            where = f"{list(key)}" if key else ""
+            out.append(TrainingImage(emb, masks, f"{name}{where}{'' if session.is_whole(tile) else list(tile.box)}"))
+        yield n / len(keys), f"{sum(len(t.objects) for t in out)} object(s) on {len(out)} image(s)"
+    return out
+
+
 # ------------------------------------------------------------------ targets and prompts
 
 
