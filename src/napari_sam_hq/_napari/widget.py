@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import constants as C
+from .adapt import AdaptTool, RefineTool
 from .layers import (
     LayerLabels,
     SliceKey,
@@ -61,11 +62,12 @@ if TYPE_CHECKING:
     from ..model import SamHQ
 
 
-class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
+class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool, MeasureTool, QWidget):
     """Dock widget; its controls are attributes so scripts and tests can drive it.
 
     The prompt workflow (embeddings, preview, commit) is bound here; propagation, segment
-    everything and measurement are in ``tools`` (one class each, mixed in). The state is in
+    everything and measurement are in ``tools``, adaptation and refinement in ``adapt``
+    (one class each, mixed in). The state is in
     ``annotator(layer)``.
     """
 
@@ -94,7 +96,8 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
     # ------------------------------------------------------------------ UI
 
     def _build_tools(self) -> list:
-        return [self._build_propagation(), self._build_segment_everything(), *self._build_measure()]
+        return [self._build_propagation(), self._build_segment_everything(), self._build_adapt(),
+                self._build_refine(), *self._build_measure()]
 
     def _build_ui(self) -> None:
         self.model_combo = QComboBox()
@@ -605,14 +608,17 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
             self._start_encoding()  # queued after the worker looked for the last time
 
     def cancel(self) -> None:
-        """Stop the download, the encoding, propagation and segment everything between two steps."""
+        """Stop the download, the encoding, propagation, segment everything, adaptation and
+        refinement between two steps (a stopped adaptation keeps nothing, a stopped
+        refinement writes nothing)."""
         with self._lock:
             for _, ann in self._annotators.values():
                 ann.cancel_encoding()
         if self._propagate_worker is not None:
             self._propagate_worker.quit()
-        if self._auto_worker is not None:
-            self._auto_worker.quit()
+        for worker in (self._auto_worker, self._adapt_worker, self._refine_worker):
+            if worker is not None:
+                worker.quit()
         if self._embed_worker is not None:
             self._embed_worker.quit()
             self.status_label.setText("Cancelled.")
@@ -623,9 +629,10 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, MeasureTool, QWidget):
 
     @property
     def busy(self) -> bool:
-        """Whether background work runs: model load and embeddings, a decode, a propagation
-        or segment everything."""
-        workers = (self._embed_worker, self._decode_worker, self._propagate_worker, self._auto_worker)
+        """Whether background work runs: model load and embeddings, a decode, a propagation,
+        segment everything, adaptation or refinement."""
+        workers = (self._embed_worker, self._decode_worker, self._propagate_worker, self._auto_worker,
+                   self._adapt_worker, self._refine_worker)
         return any(w is not None for w in workers)
 
     def wait(self, timeout: float | None = None) -> None:

@@ -1,0 +1,80 @@
+"""Adapt and Refine in the widget, driven as a user would (small random model under Xvfb):
+training on a labels layer with a live plot, using the adapted model with the stored
+embeddings, saving it with its card; refining into a new layer or in place as one undo step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_sam_hq._napari import constants as C
+from napari_sam_hq.model import load_model
+
+from ..conftest import blob_image
+from .test_widget import TIMEOUT, _embed, _widget
+
+pytestmark = pytest.mark.gui
+
+
+def _discs(shape, centres, r=12):
+    yy, xx = np.indices(shape)
+    out = np.zeros(shape, np.uint32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    return out
+
+
+def test_adapt_plots_uses_the_adapted_model_without_encoding_again_and_saves(make_napari_viewer, qtbot, checkpoint,
+                                                                             tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blob_image(80, 96, seed=s, channels=1) for s in range(2)]), name="img")
+    viewer.add_labels(np.stack([_discs((80, 96), [(25, 25), (50, 60), (20, 75)])] * 2), name="cells")
+    widget = _widget(viewer, checkpoint)
+    widget.labels_combo.setCurrentText("cells")
+    assert widget.adapt() is None  # no model yet: a message, nothing runs
+    _embed(qtbot, widget)
+    widget.adapt_form.epochs.value = 2
+    assert widget.adapt() is not None
+    widget.wait(timeout=TIMEOUT / 1000)
+    result = widget.adapt_result
+    assert result is not None and result.train_objects + result.val_objects == 6
+    assert len(widget.adapt_plot.values["loss"]) == result.steps
+    assert len(widget.adapt_plot.values["held-out IoU"]) == result.epochs
+    base = widget.model
+    adapted = widget.use_adapted()
+    assert widget.model is adapted and adapted.checkpoint_id == base.checkpoint_id
+    ann = widget.annotator()
+    assert all(ann.session.is_ready(k) for k in [(0,), (1,)])  # the stored embeddings serve the adapted model
+    out, card = widget.save_adapted(tmp_path / "mine.pth")
+    assert out.is_file() and json.loads(card.read_text())["objects"]["train"] == result.train_objects
+    assert widget.model_combo.currentText() == str(out)
+    assert load_model(out, device="cpu").checkpoint_id == base.checkpoint_id
+
+
+def test_refine_writes_a_new_layer_or_replaces_as_one_undo_step(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(80, 96, seed=4, channels=1), name="img")
+    given = _discs((80, 96), [(25, 25), (50, 60)])
+    viewer.add_labels(given.copy(), name="cellpose")
+    widget = _widget(viewer, checkpoint)
+    widget.labels_combo.setCurrentText("cellpose")
+    _embed(qtbot, widget)
+    widget.refine_form.min_iou.value = 0.0  # a random model: accept every answer, to see it written
+    assert widget.refine() is not None
+    widget.wait(timeout=TIMEOUT / 1000)
+    new = viewer.layers["cellpose refined"]
+    np.testing.assert_array_equal(viewer.layers["cellpose"].data, given)  # the user's labels untouched
+    table = widget.refine_changes
+    assert list(table.label) == [1, 2] and widget.table.rowCount() == 2
+    assert [(new.data == i).sum() for i in (1, 2)] == list(table.area_after)
+    # in place: one undo step gives the user's labels back
+    widget.refine_replace_check.setChecked(True)
+    widget.refine()
+    widget.wait(timeout=TIMEOUT / 1000)
+    layer = viewer.layers["cellpose"]
+    assert not np.array_equal(layer.data, given) or (widget.refine_changes.status != "refined").all()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, given)
+    assert C.LABELS_LAYER not in viewer.layers  # refining never created the commit target
