@@ -30,11 +30,13 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -186,7 +188,16 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         commit_row.addWidget(self.commit_button, 1)
         commit_row.addWidget(self.undo_button)
         commit_row.addWidget(self.redo_button)
-        layout = QVBoxLayout(self)
+        # everything scrolls: with the tool boxes the dock is taller than most screens
+        content = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(compute_row)
         layout.addWidget(self.progress_bar)
