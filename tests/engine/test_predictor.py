@@ -173,3 +173,32 @@ def test_float16_weights_run_end_to_end():
     p.set_image(blob_image(64, 64))
     out = p.predict(point_coords=[[30, 30]], point_labels=[1], box=[5, 5, 60, 60])
     assert out.masks.shape == (1, 64, 64) and out.low_res_logits.dtype == np.float32
+
+
+def test_a_batch_of_images_in_one_encoder_call_gives_each_ones_embedding(small_pair):
+    from napari_sam_hq.engine import EmbeddingStore, SegmentationSession
+
+    model = small_pair.ours
+    images = [blob_image(96, 120, seed=1), blob_image(130, 70, seed=2), blob_image(96, 120, seed=3)]
+    pred = SamHQPredictor(model)
+    batch = pred.embed_batch(images, contrast_limits=[None, (0.0, 200.0), None])
+    assert not pred.is_image_set  # the predictor's own image is untouched
+    for image, lim, emb in zip(images, [None, (0.0, 200.0), None], batch, strict=True):
+        pred.set_image(image, contrast_limits=lim)
+        one = pred.get_image_embedding(early=False)
+        assert emb.original_size == one.original_size and emb.input_size == one.input_size
+        np.testing.assert_allclose(emb.image_embedding, one.image_embedding, atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(emb.hq_features, one.hq_features, atol=2e-5, rtol=1e-4)
+    # a session encodes a stack in batches (as on a GPU) into the same store entries
+    stack = np.stack([blob_image(64, 80, seed=s, channels=1) for s in range(5)])
+    stores = {}
+    for n in (1, 2):
+        session = SegmentationSession(model, stack, store=EmbeddingStore(None), embed_batch=n)
+        steps = list(session.iter_embed())
+        assert steps[-1][0] == 1.0 and session.embed_batch == n
+        stores[n] = [session.store.get(session.model_id, e) for k in session.keys for _, e in session.entry_keys(k)]
+    for a, b in zip(stores[1], stores[2], strict=True):
+        np.testing.assert_allclose(a.image_embedding, b.image_embedding, atol=2e-5, rtol=1e-4)
+    assert SegmentationSession(model, stack).embed_batch == 1  # the CPU default
+    with pytest.raises(ValueError, match="embed_batch"):
+        SegmentationSession(model, stack, embed_batch=0)

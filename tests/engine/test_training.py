@@ -207,3 +207,21 @@ def test_bad_training_data_is_refused():
         objects_from_labels(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="train must be"):
         TrainSettings(train="encoder")
+
+
+def test_a_half_precision_model_is_adapted_in_float32(model, embeddings):
+    """GPUs run the model in half precision (build.default_dtype): the trained copy of the
+    decoder is float32 (Adam on half weights loses the updates), and applying the result
+    gives a half-precision model again."""
+    import copy
+
+    half = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the module's model stays float32
+    images = [TrainingImage(e, objects_from_labels(_blobs(e.original_size, s))) for s, e in enumerate(embeddings)]
+    result = _exhaust(iter_train(half, images, TrainSettings(epochs=1, steps_per_epoch=2, batch_objects=2,
+                                                             prompts=("mask", "box"))))
+    assert all(v.dtype == torch.float32 for v in result.state.values()) and np.isfinite(result.losses).all()
+    adapted = apply_state(half, result.state)
+    assert adapted.dtype == torch.bfloat16
+    pred = SamHQPredictor(adapted)
+    pred.set_image_embedding(embeddings[0])
+    assert pred.predict(box=np.array([20, 20, 90, 80.0])).masks.shape == (1, *embeddings[0].original_size)

@@ -296,3 +296,68 @@ def test_tiny_vit_bands_equal_the_whole_image(monkeypatch, band_bytes):
         banded_mb, banded_block = mb(x), block(tokens)
     assert_close(banded_mb, whole_mb, atol=1e-5, rtol=1e-5)
     assert_close(banded_block, whole_block, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the GPU path, run on the CPU
+
+
+@pytest.mark.parametrize("window", [0, 7], ids=["global", "windowed"])
+def test_whole_tensor_vit_block_equals_the_official_order(window):
+    """The GPU path (every window or the whole grid in one attention call, the token-wise
+    tail on the whole tensor) gives the official block's numbers; 20 x 9 pads both axes."""
+    size = (20, 9)
+    block = ie.Block(dim=32, num_heads=4, mlp_ratio=2.0, window_size=window,
+                     input_size=size if window == 0 else (window, window))
+    block = _randomise(block, seed=11).eval()
+    block.banded = False
+    x = torch.randn(2, *size, 32)
+    with torch.inference_mode():
+        assert_close(block(x), _plain_block(block, x), atol=2e-5, rtol=1e-5)
+
+
+def test_whole_tensor_tiny_vit_equals_the_banded_path(monkeypatch):
+    from napari_sam_hq.model import tiny_vit as tv
+
+    monkeypatch.setattr(tv, "_BAND_BYTES", 3000)  # many bands, chunks of windows
+    mb = _randomise(tv.MBConv(chans=4, expand_ratio=4.0), seed=12).eval()
+    block = _randomise(tv.TinyViTBlock(dim=8, input_resolution=(9, 11), num_heads=2, window_size=7,
+                                       mlp_ratio=4.0), seed=13).eval()
+    x = torch.randn(2, 4, 13, 10).contiguous(memory_format=torch.channels_last)
+    tokens = torch.randn(2, 9 * 11, 8)
+    with torch.inference_mode():
+        banded = mb(x), block(tokens)
+        for m in (mb, block, block.attn):
+            m.banded = False
+        whole = mb(x), block(tokens)
+    for a, b in zip(whole, banded, strict=True):
+        assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_whole_batch_mask_heads_equal_one_prompt_at_a_time(decoder, b):
+    emb, pe, sparse, dense, early = _decoder_inputs(b, seed=8)
+    with torch.inference_mode():
+        hq = decoder.hq_features(emb, early)
+        per_prompt = decoder.predict_masks(emb, pe, sparse, dense, hq)
+        decoder.banded = False
+        try:
+            batched = decoder.predict_masks(emb, pe, sparse, dense, hq)
+        finally:
+            decoder.banded = True
+    for a, c in zip(batched, per_prompt, strict=True):
+        assert_close(a, c, atol=2e-5, rtol=1e-5)
+
+
+def test_the_builder_picks_the_path_by_device():
+    from napari_sam_hq.model import build_sam_hq
+    from napari_sam_hq.model.build import place, set_compute_path
+
+    model = place(build_sam_hq("vit_tiny"), device="cpu")
+    flags = [m.banded for m in model.modules() if hasattr(m, "banded")]
+    assert len(flags) > 10 and all(flags)
+    set_compute_path(model, banded=False)
+    assert not any(m.banded for m in model.modules() if hasattr(m, "banded"))
+    from napari_sam_hq.model.build import default_dtype
+
+    assert model.dtype == torch.float32 == default_dtype(torch.device("cpu"))
+    assert default_dtype(torch.device("cuda")) == default_dtype(torch.device("mps")) == torch.float16

@@ -27,6 +27,7 @@ from ..engine.training import TrainSettings
 from .forms import read_settings, settings_form
 from .layers import spatial_shape
 from .plot import CurvePlot
+from .tools import run_tool
 
 
 def _labels_layers(host, image, also_others: bool) -> list[Labels]:
@@ -119,18 +120,11 @@ class AdaptTool:
             return None
         ann, _ = found
         base = (self._model_request(), self.model)
-        worker = self._adapt_job(ann, [(layer.name, layer.data) for layer in layers], settings)
-        worker.yielded.connect(self._on_adapt_yielded)
-        worker.returned.connect(lambda result: self._on_adapted(result, settings, base))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_adapt_finished)
-        self._adapt_worker = worker
         self.adapt_plot.clear()
-        self.adapt_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
-        worker.start()
-        return worker
+        return run_tool(self, self._adapt_job(ann, [(layer.name, layer.data) for layer in layers], settings),
+                        slot="_adapt_worker", button=self.adapt_button, yielded=self._on_adapt_yielded,
+                        returned=lambda result: self._on_adapted(result, settings, base),
+                        message=f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
 
     @thread_worker
     def _adapt_job(self, ann, sources, settings):
@@ -177,12 +171,6 @@ class AdaptTool:
             f"Adapted in {result.seconds:.0f} s ({result.train_objects} objects, {result.val_objects} held out): "
             f"held-out IoU {result.iou_before:.3f} -> {result.iou_after:.3f}{hint}. Use it or save it."
         )
-
-    def _on_adapt_finished(self) -> None:
-        self._adapt_worker = None
-        self.adapt_button.setEnabled(True)
-        if not self.busy:
-            self.cancel_button.setEnabled(False)
 
     def use_adapted(self):
         """Switch to the adapted model (every stored embedding stays valid: the encoder is the
@@ -279,26 +267,14 @@ class RefineTool:
             return None
         ann, here = found
         keys = [here] if self.refine_slice_check.isChecked() else None
-        worker = self._refine_job(ann, source.data, keys, settings)
-        worker.yielded.connect(self._on_refine_yielded)
-        worker.returned.connect(lambda result: self._on_refined(ann, image, source, result))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_refine_finished)
-        self._refine_worker = worker
-        self.refine_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Refining '{source.name}'…")
-        worker.start()
-        return worker
+        return run_tool(self, self._refine_job(ann, source.data, keys, settings), slot="_refine_worker",
+                        button=self.refine_button,
+                        returned=lambda result: self._on_refined(ann, image, source, result),
+                        message=f"Refining '{source.name}'…")
 
     @thread_worker
     def _refine_job(self, ann, data, keys, settings):
         return (yield from ann.iter_refine(data, keys, settings))
-
-    def _on_refine_yielded(self, message) -> None:
-        fraction, text = message
-        self.progress_bar.setValue(int(1000 * fraction))
-        self.status_label.setText(f"Refining: {text}")
 
     def _on_refined(self, ann, image: Image, source: Labels, result) -> None:
         if source not in self.viewer.layers:
@@ -333,9 +309,3 @@ class RefineTool:
         for i in range(shape[0]):
             array[i] = np.asarray(data[i])
         return array
-
-    def _on_refine_finished(self) -> None:
-        self._refine_worker = None
-        self.refine_button.setEnabled(True)
-        if not self.busy:
-            self.cancel_button.setEnabled(False)

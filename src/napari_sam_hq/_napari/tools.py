@@ -4,7 +4,7 @@ everything, measurement. One class each, mixed into ``SamHQWidget``.
 Each uses these parts of the host widget: ``viewer``, ``model``, ``image_layer``,
 ``annotator()``, ``_oriented()``, ``_target_labels()``, ``labels_volume()``,
 ``overwrite_check``, ``labels_combo``, ``progress_bar``, ``status_label``,
-``cancel_button``, ``_embed_worker`` and ``_on_worker_error``. The annotator keeps the
+``cancel_button``, ``busy`` and ``_on_worker_error`` (``run_tool`` starts each worker). The annotator keeps the
 seeds (the slices a user committed per label) and writes the results. Like the rest of
 the widget, workers run the engine's generators and layers change only in their
 handlers, on the GUI thread. Settings forms are magicgui forms of the engine's settings
@@ -65,6 +65,29 @@ def _show_progress(host, message: tuple[float, str]) -> None:
     fraction, text = message
     host.progress_bar.setValue(int(1000 * fraction))
     host.status_label.setText(text)
+
+
+def run_tool(host, worker, *, slot: str, button, returned, message: str, yielded=None):
+    """Start a tool's worker: its ``(fraction, text)`` progress on the bar (or ``yielded``),
+    its result to ``returned``, its errors shown; ``host.<slot>`` holds it while it runs, its
+    ``button`` is disabled and Cancel enabled. Returns the worker."""
+    worker.yielded.connect(yielded or (lambda m: _show_progress(host, m)))
+    worker.returned.connect(returned)
+    worker.errored.connect(host._on_worker_error)
+    worker.finished.connect(lambda: _tool_finished(host, slot, button))
+    setattr(host, slot, worker)
+    button.setEnabled(False)
+    host.cancel_button.setEnabled(True)
+    host.status_label.setText(message)
+    worker.start()
+    return worker
+
+
+def _tool_finished(host, slot: str, button) -> None:
+    setattr(host, slot, None)
+    button.setEnabled(True)
+    if not host.busy:
+        host.cancel_button.setEnabled(False)
 
 
 def _settings(host, cls, form):
@@ -137,17 +160,10 @@ class PropagationTool:
         if not seeds:
             show_info(f"SAM-HQ: label(s) {ids} have no pixels in this stack")
             return None
-        worker = self._propagate_job(ann, here, seeds, settings)
-        worker.yielded.connect(lambda message: _show_progress(self, message))
-        worker.returned.connect(lambda result: self._on_propagated(ann, target, here, result, seeds))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_propagate_finished)
-        self._propagate_worker = worker
-        self.propagate_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Propagating {len(seeds)} object(s)…")
-        worker.start()
-        return worker
+        return run_tool(self, self._propagate_job(ann, here, seeds, settings), slot="_propagate_worker",
+                        button=self.propagate_button,
+                        returned=lambda result: self._on_propagated(ann, target, here, result, seeds),
+                        message=f"Propagating {len(seeds)} object(s)…")
 
     @thread_worker
     def _propagate_job(self, ann, here, seeds, settings):
@@ -163,12 +179,6 @@ class PropagationTool:
         span = f"slices {reach[0]}-{reach[-1]}" if reach else "no new slice"
         self.status_label.setText(f"Propagated {len(seeds)} object(s): {span} ({len(found)} slices).")
         self.progress_bar.setValue(1000)
-
-    def _on_propagate_finished(self) -> None:
-        self._propagate_worker = None
-        self.propagate_button.setEnabled(True)
-        if self._embed_worker is None:
-            self.cancel_button.setEnabled(False)
 
 
 class SegmentEverythingTool:
@@ -222,17 +232,10 @@ class SegmentEverythingTool:
         if self.auto_stack_check.isChecked() and len(here) > 1:
             show_info("SAM-HQ: whole-stack linking works along one slicing axis; segmenting this slice only")
         keys = None if whole else [here]
-        worker = self._auto_job(ann.session, keys, settings)
-        worker.yielded.connect(lambda message: _show_progress(self, message))
-        worker.returned.connect(lambda labels: self._on_auto_done(ann, target, None if whole else here, labels))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_auto_finished)
-        self._auto_worker = worker
-        self.auto_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("Segmenting everything…")
-        worker.start()
-        return worker
+        return run_tool(self, self._auto_job(ann.session, keys, settings), slot="_auto_worker",
+                        button=self.auto_button,
+                        returned=lambda labels: self._on_auto_done(ann, target, None if whole else here, labels),
+                        message="Segmenting everything…")
 
     @thread_worker
     def _auto_job(self, session, keys, settings):
@@ -250,12 +253,6 @@ class SegmentEverythingTool:
             f"Segment everything: {len(new)} new object(s). Correct with prompts; Ctrl+Z undoes it."
         )
         self.progress_bar.setValue(1000)
-
-    def _on_auto_finished(self) -> None:
-        self._auto_worker = None
-        self.auto_button.setEnabled(True)
-        if self._embed_worker is None and self._propagate_worker is None:
-            self.cancel_button.setEnabled(False)
 
 
 class MeasureTool:

@@ -310,11 +310,15 @@ def decoder_logits(model: Any, emb: ImageEmbedding, prompts: list[dict], *, dens
         b = np.stack([frames.boxes_to_input(p["box"]) for p in prompts])
         boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
     if "mask_input" in prompts[0]:
-        masks = torch.stack([torch.as_tensor(p["mask_input"]) for p in prompts])[:, None].to(dev)
+        pe_dtype = model.prompt_encoder.mask_downscaling[0].weight.dtype
+        masks = torch.stack([torch.as_tensor(p["mask_input"]) for p in prompts])[:, None].to(dev, pe_dtype)
     sparse, dense = model.prompt_encoder(points, boxes, masks)
     pe = model.prompt_encoder.get_dense_pe() if dense_pe is None else dense_pe
-    image = torch.as_tensor(np.asarray(emb.image_embedding), dtype=torch.float32, device=dev)
-    hq = torch.as_tensor(np.asarray(emb.hq_features), dtype=torch.float32, device=dev)
+    # the decoder trains in float32 even when the model runs in half precision (GPUs)
+    dt = model.mask_decoder.iou_token.weight.dtype
+    sparse, dense, pe = sparse.to(dt), dense.to(dt), pe.to(dt)
+    image = torch.as_tensor(np.asarray(emb.image_embedding), dtype=dt, device=dev)
+    hq = torch.as_tensor(np.asarray(emb.hq_features), dtype=dt, device=dev)
     return model.mask_decoder.predict_masks(image, pe, sparse, dense, hq, fused=False)
 
 
@@ -389,7 +393,7 @@ def iter_train(
     val_prompts = [_prompt(o, _frames(images, o), np.random.default_rng([settings.seed, 1, k]), kinds[k % len(kinds)])
                    for k, o in enumerate(val)]
 
-    work = _with_decoder(model, copy.deepcopy(model.mask_decoder))
+    work = _with_decoder(model, copy.deepcopy(model.mask_decoder).float())  # Adam on float32 weights
     params = trainable_parameters(work, settings.train)
     for p in work.mask_decoder.parameters():
         p.requires_grad_(False)

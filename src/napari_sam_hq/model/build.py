@@ -77,18 +77,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def place(model: SamHQ, *, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> SamHQ:
-    """Move ``model`` to ``device``; ``dtype`` defaults to float32.
+def set_compute_path(model: SamHQ, *, banded: bool) -> SamHQ:
+    """Choose how the blocks run, with the same results either way (tests run both on the CPU):
+    ``banded=True`` for CPUs (bands of rows, one attention head or prompt per call: small
+    intermediates that stay in cache and under glibc's mmap threshold), ``False`` for GPUs
+    (whole tensors, every window, head and prompt in one kernel: few launches)."""
+    for module in model.modules():
+        if hasattr(module, "banded"):
+            module.banded = banded
+    return model
 
-    Half precision is for GPUs: on these CPUs (no AVX-512 / AMX) bfloat16 is about 17x
-    slower than float32, so asking for it on the CPU warns.
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on the CPU; float16 on CUDA and MPS. Chosen from ``benchmarks/bench_gpu.py``'s
+    accuracy columns (docs/engine.md): float16 logits stayed 10x closer to float32 than
+    bfloat16's (masks IoU >= 0.995 against float32 and the official code), at half the
+    memory traffic of float32."""
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def place(model: SamHQ, *, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> SamHQ:
+    """Move ``model`` to ``device`` and choose its compute path (``set_compute_path``: banded
+    on the CPU, whole tensors elsewhere); ``dtype`` defaults to ``default_dtype(device)``.
+
+    Half precision is for GPUs: on CPUs without half-precision matrix units it is many
+    times slower than float32 (17x for bfloat16 on one of ours), so asking for it on the
+    CPU warns.
     """
     dev = resolve_device(device)
-    dtype = dtype or torch.float32
+    dtype = dtype or default_dtype(dev)
     if dev.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
         warnings.warn(
             f"{dtype} on the CPU is usually much slower than float32; use float32 unless this "
             "CPU has native half-precision matrix units",
             stacklevel=2,
         )
-    return model.to(device=dev, dtype=dtype)
+    return set_compute_path(model.to(device=dev, dtype=dtype), banded=dev.type == "cpu")

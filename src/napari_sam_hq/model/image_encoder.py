@@ -143,9 +143,25 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio))
         self.window_size = window_size
+        self.banded = True  # the compute path (build.set_compute_path): bands on CPUs, whole tensors on GPUs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x H x W x C`` -> same.
+        """``B x H x W x C`` -> same (``banded`` picks the path; both give the official result)."""
+        return self._forward_banded(x) if self.banded else self._forward_whole(x)
+
+    def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
+        """Few large kernels, for GPUs: every window (or the whole grid) in one attention call,
+        the token-wise part on the whole tensor."""
+        normed = self.norm1(x)
+        if self.window_size > 0:
+            attn = self.attn.windows_whole(normed, self.window_size)
+        else:
+            attn = self.attn.attend_whole(normed)
+        out = x + self.attn.proj(attn)
+        return out + self.mlp(self.norm2(out))
+
+    def _forward_banded(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x H x W x C`` -> same, for CPUs.
 
         Same arithmetic as the official block, in bands: the attention of a band of
         windows needs no other row, and everything after the attention (``proj``,
@@ -234,6 +250,42 @@ class Attention(nn.Module):
         out = self._attend_heads(*self._split_qkv(windows), (ws, ws))
         # (B nw) ws ws C -> B ws (nw ws) C, padding cropped
         return out.view(b, nw, ws, ws, c).transpose(1, 2).reshape(b, ws, nw * ws, c)[:, :h, :w]
+
+    def windows_whole(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """Windowed attention over the whole grid in one call, before ``proj``: ``B x H x W x C``
+        -> same. Pads to whole windows as the official code does (the padding's q, k, v are
+        the projection's bias), attends all windows with the relative-position bias, crops."""
+        b, h, w, c = x.shape
+        ws = window_size
+        ph, pw = -(-h // ws) * ws, -(-w // ws) * ws
+        qkv = self.qkv(x)
+        if (ph, pw) != (h, w):
+            padded = self.qkv.bias.expand(b, ph, pw, -1).clone()
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        nh, nw = ph // ws, pw // ws
+        # B (nh ws) (nw ws) 3C -> (B nh nw) ws ws 3C
+        windows = qkv.view(b, nh, ws, nw, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, ws, ws, -1)
+        out = self._attend_whole(*self._split_qkv(windows), (ws, ws))
+        # (B nh nw) ws ws C -> B (nh ws) (nw ws) C, padding cropped
+        out = out.view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+        return out[:, :h, :w]
+
+    def attend_whole(self, x: torch.Tensor) -> torch.Tensor:
+        """Global attention in one call per image (the full ``heads x N x N`` bias), before
+        ``proj``: ``B x H x W x C`` -> same."""
+        q, k, v = self._qkv(x)
+        return torch.cat([self._attend_whole(q[i : i + 1], k[i : i + 1], v[i : i + 1], x.shape[1:3])
+                          for i in range(x.shape[0])])
+
+    def _attend_whole(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Heads ``B x heads x N x d`` -> ``B x H x W x C``, the whole bias at once."""
+        b, heads, n, d = q.shape
+        rel_h, rel_w = self._rel_terms(q, hw)
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # B heads N d -> B H W C
+        return out.transpose(1, 2).reshape(b, *hw, heads * d)
 
     def _rel_terms(self, q: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-query relative terms: ``B x heads x H x W x H`` (rows) and ``... x W`` (columns)."""

@@ -24,7 +24,8 @@ def load_model(
 
     ``name_or_path``: a registry name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``;
     downloaded once into the cache), an official ``.pth`` file, a ``.safetensors`` file
-    or a Hugging Face folder. The size is detected from the weights themselves.
+    or a Hugging Face folder. The size is detected from the weights themselves. ``dtype``:
+    by default float32 on the CPU, float16 on GPUs (``build.default_dtype``).
     """
     path = checkpoint_path(name_or_path, progress=progress)
     if not path.exists():

@@ -93,6 +93,14 @@ class SamHQ(nn.Module):
         yield self.num_encode_steps
         return embedding, early, hq
 
+    def encode_many(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encode`` of several images in one encoder call (throughput on GPUs): each
+        ``3 x h x w`` in [0, 255] (model-input frame; sizes may differ) is normalised and
+        padded on its own, then the batch ``B x 3 x 1024 x 1024`` is encoded."""
+        x = torch.cat([self.preprocess(im[None].to(self.dtype)) for im in images])
+        embedding, early = self.image_encoder(x)
+        return embedding, early, self.mask_decoder.hq_features(embedding, early)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``iter_encode`` run to the end."""
         return exhaust(self.iter_encode(x))

@@ -82,9 +82,11 @@ class MBConv(nn.Module):
         self.act2 = nn.GELU()
         self.conv3 = Conv2dBN(hidden, chans)
         self.act3 = nn.GELU()
+        self.banded = True  # the compute path (build.set_compute_path): bands on CPUs, whole tensors on GPUs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x C x H x W`` -> same, a band of rows at a time (see ``_BAND_BYTES``).
+        """``B x C x H x W`` -> same, a band of rows at a time (see ``_BAND_BYTES``) when
+        ``banded``, else at once.
 
         Each band reads one extra row on each side (the depthwise 3 x 3 convolution's
         reach) and keeps only its own rows, so the result equals the whole-image one.
@@ -92,7 +94,7 @@ class MBConv(nn.Module):
         b, c, h, w = x.shape
         hidden = self.conv1.c.out_channels
         rows = max(1, _BAND_BYTES // (b * hidden * w * x.element_size()))
-        if rows >= h:
+        if rows >= h or not self.banded:
             return self._block(x)
         out = torch.empty_like(x)  # keeps channels-last memory
         for r0 in range(0, h, rows):
@@ -200,6 +202,7 @@ class Attention(nn.Module):
         # One bias per head and distinct |offset| (|dy|, |dx|): resolution^2 of them.
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
         self.register_buffer("attention_bias_idxs", offsets, persistent=False)
+        self.banded = True  # CPUs: written-out attention, a chunk of windows at a time; GPUs: one fused call
 
     def init_buffers(self) -> None:
         """(Re)compute the offset index table, which checkpoints do not hold."""
@@ -215,6 +218,11 @@ class Attention(nn.Module):
         """
         b, n, c = x.shape
         bias = self.attention_biases[:, self.attention_bias_idxs].to(x.dtype)  # heads x N x N
+        if not self.banded:  # every window in one fused attention call
+            qkv = self.qkv(self.norm(x))
+            q, k, v = (t.transpose(1, 2) for t in qkv.view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3))
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(b, -1, -1, -1))
+            return self.proj(attn.transpose(1, 2).reshape(b, n, -1))
         out = x.new_empty(b, n, self.proj.out_features)
         chunk = max(1, _BAND_BYTES // (n * self.qkv.out_features * x.element_size()))
         for w0 in range(0, b, chunk):
@@ -251,6 +259,7 @@ class TinyViTBlock(nn.Module):
         )
         self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio))
         self.local_conv = Conv2dBN(dim, dim, ks=3, pad=1, groups=dim)
+        self.banded = True  # the MLP a band of tokens at a time (CPUs) or at once (GPUs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.input_resolution
@@ -274,6 +283,8 @@ class TinyViTBlock(nn.Module):
         x = x + attn
         # B N C -> B C H W -> local conv -> B N C
         x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        if not self.banded:
+            return x + self.mlp(x)
         # x + mlp(x), a band of tokens at a time (its hidden layer is 4x wider than x)
         out = torch.empty(b, n, c, dtype=x.dtype, device=x.device)
         rows = max(1, _BAND_BYTES // (self.mlp.fc1.out_features * x.element_size()))
