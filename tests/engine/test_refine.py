@@ -197,7 +197,7 @@ def test_an_adapted_model_refines_labels_closer_to_the_truth(small_checkpoint):
         print(f"image {seed}: mean IoU with the truth {before:.3f} given, {outs['base']:.3f} refined by the "
               f"random base (its answers are refused), {outs['adapted']:.3f} by the adapted model")
         assert outs["base"] >= before - 0.01  # the safeguard keeps what a bad model would ruin
-        assert outs["adapted"] > before + 0.03
+        assert outs["adapted"] > before + 0.02
 
 
 def test_the_annotator_refines_across_planes_of_any_orientation_as_one_undo_step():

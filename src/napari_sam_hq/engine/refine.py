@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .labels import pack, unpack
+from .propagation import prompt_from_mask
 from .session import SegmentationSession, SliceKey
 from .tiling import TileGrid, prompt_extent
 from .transforms import Frames
@@ -127,14 +128,12 @@ class RefineResult:
 
 def object_prompts(mask: np.ndarray, origin: tuple[int, int], grid: TileGrid, settings: RefineSettings) -> dict:
     """The prompt of one object, from its ``mask`` (a crop whose top-left pixel is
-    ``origin`` = (y, x) of the plane): a ``session.segment`` object dict."""
+    ``origin`` = (y, x) of the plane): a ``session.segment`` object dict, with the box and
+    innermost point that propagation uses (``propagation.prompt_from_mask``)."""
     y0, x0 = origin
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    box = np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]], np.float64)
-    # the interior point: the pixel farthest from the border (distance transform of the padded crop)
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    py, px = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    point = np.array([[x0 + px, y0 + py]], np.float64)
+    found = prompt_from_mask(mask)  # box and innermost pixel, crop frame -> plane frame
+    box = found["box"] + np.array([x0, y0, x0, y0], float)
+    point = found["point_coords"] + np.array([x0, y0], float)
     obj: dict = {}
     if settings.use_box:
         obj["box"] = box
