@@ -173,7 +173,8 @@ def part_stack(ckpt: str, tmp: Path) -> dict:
         t = time.perf_counter()
         ids = w.commit()
         commits.append(time.perf_counter() - t)
-        assert ids, "commit wrote nothing"
+        # random weights answer with whole tiles: a later one may land on pixels already taken
+        out["commits_that_wrote_nothing"] = out.get("commits_that_wrote_nothing", 0) + (not ids)
     out["peak_mb_after_prompts_and_commits"] = _peak_mb()
     out["commit_ms"] = 1000 * statistics.median(commits)
     out["commit_max_ms"] = 1000 * max(commits)
@@ -275,7 +276,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         pth, _ = _make_checkpoints(Path(tmp), "vit_tiny")
-        for part in ["reference", *(args.only or ["stack", "volume"])]:
+        for part in dict.fromkeys(["reference", *(args.only or ["stack", "volume"])]):  # once each, in order
             folder = Path(tmp) / part
             folder.mkdir()
             env = dict(os.environ, NAPARI_SAM_HQ_CACHE=str(folder / "cache"))

@@ -138,3 +138,22 @@ def test_real_model_end_to_end_one_object_one_id():
     labels[2][seed.mask] = 3
     planes = write_propagation(labels, found, seeds={3: {2}})
     assert all(set(np.unique(p)) <= {0, 3} for p in planes.values())
+
+
+def test_a_propagation_keeps_its_masks_packed():
+    """Masks kept for every reached slice are boxes, compressed: the same pixels, a few KB."""
+    import sys
+
+    from napari_sam_hq.engine.session import ObjectMask
+    from napari_sam_hq.engine.tiling import Tile
+
+    mask = np.zeros((2048, 2048), bool)
+    mask[300:420, 1000:1111] = True
+    mask[350, 1050] = False
+    obj = ObjectMask(mask, 0.8, np.zeros((256, 256), np.float32), Tile(0, 0, 2048, 2048))
+    packed = obj.packed()
+    np.testing.assert_array_equal(packed.mask, mask)
+    assert packed.box == (300, 1000, 420, 1111) and packed.score == 0.8 and packed.tile == obj.tile
+    assert sys.getsizeof(packed.crop[0]) < 20_000 < mask.nbytes
+    empty = ObjectMask(np.zeros((8, 8), bool), 0.1, obj.low_res_logits, obj.tile).packed()
+    assert empty.box is None and not empty.mask.any() and empty.mask.shape == (8, 8)

@@ -95,8 +95,9 @@ def iter_propagate(
 ) -> Generator[tuple[float, str], None, dict[int, dict[int, ObjectMask]]]:
     """Propagate every object of ``seeds`` (``{label: {slice: H x W mask}}``) along ``axis``.
 
-    Yields ``(fraction, message)`` after each slice; returns ``{slice: {label: ObjectMask}}``
-    for the slices it reached, seeds excluded. Slices are encoded when the store lacks them.
+    Yields ``(fraction, message)`` after each slice; returns ``{slice: {label: mask}}``
+    (``PackedObjectMask``: an ``ObjectMask`` kept in its box, compressed) for the slices it
+    reached, seeds excluded. Slices are encoded when the store lacks them.
     """
     settings = settings or PropagationSettings()
     n_lead = len(session.lead_shape)
@@ -165,7 +166,7 @@ def iter_propagate(
                     best = distance.get((t.label, z))
                     if best is None or d < best:
                         distance[(t.label, z)] = d
-                        found.setdefault(z, {})[t.label] = res
+                        found.setdefault(z, {})[t.label] = res.packed()  # KBs, not a plane each
                 t.prev = res
                 if z == t.stop:
                     continue

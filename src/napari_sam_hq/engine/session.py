@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..model.lazy import LazyModel
+from .labels import pack, unpack
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
 
@@ -46,6 +47,42 @@ class ObjectMask:
     low_res_logits: np.ndarray
     tile: Tile
     pending: Tile | None = None
+
+
+    def packed(self) -> PackedObjectMask:
+        """The same object in a few KB (its mask's box, compressed): for results kept in
+        numbers, such as a propagation's, where full-plane masks would add up to GBs."""
+        rows = np.flatnonzero(self.mask.any(axis=1))
+        if not rows.size:
+            return PackedObjectMask(self.mask.shape, None, None, self.score, self.low_res_logits, self.tile,
+                                    self.pending)
+        cols = np.flatnonzero(self.mask[rows[0] : rows[-1] + 1].any(axis=0))
+        box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+        crop = self.mask[box[0] : box[2], box[1] : box[3]]
+        return PackedObjectMask(self.mask.shape, box, pack(crop), self.score, self.low_res_logits, self.tile,
+                                self.pending)
+
+
+@dataclass(frozen=True)
+class PackedObjectMask:
+    """An ``ObjectMask`` kept small: the box ``(y0, x0, y1, x1)`` of its mask and the packed
+    crop; ``mask`` unpacks the ``H x W`` plane mask on each access."""
+
+    shape: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+    crop: tuple | None
+    score: float
+    low_res_logits: np.ndarray
+    tile: Tile
+    pending: Tile | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        out = np.zeros(self.shape, bool)
+        if self.box is not None:
+            y0, x0, y1, x1 = self.box
+            out[y0:y1, x0:x1] = unpack(self.crop)
+        return out
 
 
 class SegmentationSession:
