@@ -19,15 +19,18 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
 
 from ..engine.refine import REFINED, RefineSettings
 from ..engine.training import TrainSettings
-from .forms import read_settings, settings_form
+from .forms import settings_form
 from .layers import spatial_shape
 from .plot import CurvePlot
-from .tools import run_tool
+from .tools import run_tool, tool_ready, tool_settings
+
+NO_MODEL = "pick an image and compute embeddings first (the model loads then)"
+REFINE_TOO = ("box", "points", "mask", "refine")
 
 
 def _labels_layers(host, image, also_others: bool) -> list[Labels]:
@@ -97,28 +100,19 @@ class AdaptTool:
     def adapt(self):
         """Train on the objects of the chosen labels layer (and the others if ticked) of the
         chosen image, in the plane on screen. Returns the worker, or ``None``."""
-        image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: pick an image and compute embeddings first (the model loads then)")
-            return None
-        if self._adapt_worker is not None:
-            show_info("SAM-HQ: adaptation is already running")
-            return None
-        try:
-            prompts = ("box", "points", "mask", "refine") if self.adapt_refine_check.isChecked() else None
-            settings = read_settings(TrainSettings, self.adapt_form, minutes=self.adapt_form.minutes.value or None,
-                                     **({"prompts": prompts} if prompts else {}))
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
-            return None
-        layers = _labels_layers(self, image, self.adapt_others_check.isChecked())
-        if not layers:
-            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
-            return None
-        found = self._oriented(image)
+        found = tool_ready(self, self._adapt_worker, "adaptation", NO_MODEL)
         if found is None:
             return None
         ann, _ = found
+        prompts = {"prompts": REFINE_TOO} if self.adapt_refine_check.isChecked() else {}
+        settings = tool_settings(self, TrainSettings, self.adapt_form, minutes=self.adapt_form.minutes.value or None,
+                                 **prompts)
+        if settings is None:
+            return None
+        layers = _labels_layers(self, self.image_layer, self.adapt_others_check.isChecked())
+        if not layers:
+            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
+            return None
         base = (self._model_request(), self.model)
         self.adapt_plot.clear()
         return run_tool(self, self._adapt_job(ann, [(layer.name, layer.data) for layer in layers], settings),
@@ -246,26 +240,18 @@ class RefineTool:
     def refine(self):
         """Refine the chosen labels layer of the chosen image (the slice on screen, or every
         slice) in the plane on screen. Returns the worker, or ``None``."""
+        found = tool_ready(self, self._refine_worker, "refinement", NO_MODEL)
+        if found is None:
+            return None
+        ann, here = found
         image = self.image_layer
-        if image is None or self.model is None:
-            show_info("SAM-HQ: pick an image and compute embeddings first (the model loads then)")
-            return None
-        if self._refine_worker is not None:
-            show_info("SAM-HQ: refinement is already running")
-            return None
         [source] = _labels_layers(self, image, False) or [None]
         if source is None:
             show_info("SAM-HQ: pick the labels layer to refine in the Labels box (it must fit the image)")
             return None
-        try:
-            settings = read_settings(RefineSettings, self.refine_form)
-        except ValueError as err:
-            show_error(f"SAM-HQ: {err}")
+        settings = tool_settings(self, RefineSettings, self.refine_form)
+        if settings is None:
             return None
-        found = self._oriented(image)
-        if found is None:
-            return None
-        ann, here = found
         keys = [here] if self.refine_slice_check.isChecked() else None
         return run_tool(self, self._refine_job(ann, source.data, keys, settings), slot="_refine_worker",
                         button=self.refine_button,

@@ -36,10 +36,9 @@ from .layers import SliceKey, spatial_shape
 UNIT = dict(min=0.0, max=1.0, step=0.05)
 
 
-def _tool_target(host, running, busy: str, missing: str):
-    """The chosen image's annotator turned to the plane on screen, the slice shown and the
-    labels layer a tool writes to (bound to the annotator), or ``None`` after telling the
-    user why not (no image or model yet, the tool already running, unusable labels)."""
+def tool_ready(host, running, busy: str, missing: str):
+    """The chosen image's annotator turned to the plane on screen and the slice shown, or
+    ``None`` after telling the user why not (no image or model yet, the tool already running)."""
     image = host.image_layer
     if image is None or host.model is None:
         show_info(f"SAM-HQ: {missing}")
@@ -47,10 +46,17 @@ def _tool_target(host, running, busy: str, missing: str):
     if running is not None:
         show_info(f"SAM-HQ: {busy} is already running")
         return None
-    found = host._oriented(image)
+    return host._oriented(image)
+
+
+def _tool_target(host, running, busy: str, missing: str):
+    """``tool_ready``, and the labels layer a tool writes to (bound to the annotator), or
+    ``None`` after telling the user why not (also: unusable labels)."""
+    found = tool_ready(host, running, busy, missing)
     if found is None:
         return None
     ann, here = found
+    image = host.image_layer
     try:
         target = host._target_labels(image)
         ann.labels = host.labels_volume(target)
@@ -90,11 +96,12 @@ def _tool_finished(host, slot: str, button) -> None:
         host.cancel_button.setEnabled(False)
 
 
-def _settings(host, cls, form):
+def tool_settings(host, cls, form, **fixed):
+    """``read_settings(cls, form, **fixed)``, or ``None`` after showing what is wrong."""
     try:
         if cls is PropagationSettings:
-            return read_settings(cls, form, max_slices=form.max_slices.value or None)
-        return read_settings(cls, form)
+            fixed = {"max_slices": form.max_slices.value or None, **fixed}
+        return read_settings(cls, form, **fixed)
     except ValueError as err:
         show_error(f"SAM-HQ: {err}")
         return None
@@ -149,7 +156,7 @@ class PropagationTool:
         if found is None:
             return None
         ann, here, target = found
-        settings = _settings(self, PropagationSettings, self.propagation_form)  # max_slices 0 -> None
+        settings = tool_settings(self, PropagationSettings, self.propagation_form)  # max_slices 0 -> None
         if settings is None:
             return None
         ids = [int(target.selected_label)] if self.selected_only_check.isChecked() else ann.labels_on(here)
@@ -225,7 +232,7 @@ class SegmentEverythingTool:
         if found is None:
             return None
         ann, here, target = found
-        settings = _settings(self, AutoSettings, self.auto_form)
+        settings = tool_settings(self, AutoSettings, self.auto_form)
         if settings is None:
             return None
         whole = self.auto_stack_check.isChecked() and len(here) == 1
