@@ -166,6 +166,7 @@ def _make_checkpoints(tmp: Path, name: str) -> tuple[str, str | None]:
             return str(pth), hf_dir
         except ImportError as err:  # no transformers: official and ours only
             print(f"  (no transformers column: {err})")
+    torch.manual_seed(0)  # the init under the noise too: the same weights in every run
     torch.save(noisy_state_dict(official_model(name), seed=0), pth)
     return str(pth), hf_dir
 
