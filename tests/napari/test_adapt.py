@@ -78,3 +78,20 @@ def test_refine_writes_a_new_layer_or_replaces_as_one_undo_step(make_napari_view
     layer.undo()
     np.testing.assert_array_equal(layer.data, given)
     assert C.LABELS_LAYER not in viewer.layers  # refining never created the commit target
+
+
+def test_cancel_stops_adaptation_and_keeps_nothing(make_napari_viewer, qtbot, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(80, 96, seed=5, channels=1), name="img")
+    viewer.add_labels(_discs((80, 96), [(25, 25), (50, 60), (20, 75)]), name="cells")
+    widget = _widget(viewer, checkpoint)
+    widget.labels_combo.setCurrentText("cells")
+    _embed(qtbot, widget)
+    widget.adapt_form.epochs.value = 1000
+    assert widget.adapt() is not None and widget.busy
+    assert widget.adapt() is None  # already running: a message, no second run
+    qtbot.waitUntil(lambda: len(widget.adapt_plot.values["loss"]) >= 2, timeout=TIMEOUT)
+    widget.cancel()
+    widget.wait(timeout=TIMEOUT / 1000)
+    assert widget.adapt_result is None and not widget.use_adapted_button.isEnabled()
+    assert widget.adapt_button.isEnabled() and not widget.busy
