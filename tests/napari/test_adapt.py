@@ -48,7 +48,9 @@ def test_adapt_plots_uses_the_adapted_model_without_encoding_again_and_saves(mak
     ann = widget.annotator()
     assert all(ann.session.is_ready(k) for k in [(0,), (1,)])  # the stored embeddings serve the adapted model
     out, card = widget.save_adapted(tmp_path / "mine.pth")
-    assert out.is_file() and json.loads(card.read_text())["objects"]["train"] == result.train_objects
+    info = json.loads(card.read_text())
+    assert out.is_file() and info["objects"]["train"] == result.train_objects
+    assert info["data"] == {"image": "img", "labels_layers": ["cells"]}
     assert widget.model_combo.currentText() == str(out)
     assert load_model(out, device="cpu").checkpoint_id == base.checkpoint_id
 

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 
 from ..engine.refine import REFINED, RefineSettings
 from ..engine.training import TrainSettings
+from .constants import PREVIEW_LAYER
 from .forms import settings_form
 from .layers import spatial_shape
 from .plot import CurvePlot
@@ -34,10 +35,8 @@ REFINE_TOO = ("box", "points", "mask", "refine")
 
 
 def _labels_layers(host, image, also_others: bool) -> list[Labels]:
-    """The chosen labels layer (and, if ``also_others``, every other labels layer of the
-    image's shape) that holds objects; the preview layer never counts."""
-    from .constants import PREVIEW_LAYER
-
+    """The chosen labels layer (and, if ``also_others``, every other labels layer) of the
+    image's shape; the preview layer never counts."""
     shape = spatial_shape(image)
     chosen = host.labels_combo.currentText()
     out = []
@@ -57,6 +56,7 @@ class AdaptTool:
         self.adapt_result = None  # the last TrainResult (with its settings in adapt_settings)
         self.adapt_settings: TrainSettings | None = None
         self._adapt_base = None  # (model request, model) the result was trained from
+        self._adapt_data: dict = {}  # what it was trained on, for the model card
         self.adapt_others_check = QCheckBox("Also the image's other labels layers")
         self.adapt_form = settings_form(
             TrainSettings,
@@ -114,10 +114,11 @@ class AdaptTool:
             show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
             return None
         base = (self._model_request(), self.model)
+        data = {"image": self.image_layer.name, "labels_layers": [layer.name for layer in layers]}
         self.adapt_plot.clear()
         return run_tool(self, self._adapt_job(ann, [(layer.name, layer.data) for layer in layers], settings),
                         slot="_adapt_worker", button=self.adapt_button, yielded=self._on_adapt_yielded,
-                        returned=lambda result: self._on_adapted(result, settings, base),
+                        returned=lambda result: self._on_adapted(result, settings, base, data),
                         message=f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
 
     @thread_worker
@@ -155,8 +156,8 @@ class AdaptTool:
             self.adapt_plot.add("held-out IoU", step.val_iou)
             self.status_label.setText(f"Adapting: epoch {step.epoch}, held-out IoU {step.val_iou:.3f}")
 
-    def _on_adapted(self, result, settings, base) -> None:
-        self.adapt_result, self.adapt_settings, self._adapt_base = result, settings, base
+    def _on_adapted(self, result, settings, base, data) -> None:
+        self.adapt_result, self.adapt_settings, self._adapt_base, self._adapt_data = result, settings, base, data
         self.use_adapted_button.setEnabled(True)
         self.save_adapted_button.setEnabled(True)
         self.progress_bar.setValue(1000)
@@ -193,8 +194,7 @@ class AdaptTool:
             raise RuntimeError("adapt first: nothing has been trained yet")
         (name, device), _ = self._adapt_base
         out = save_adapted(path, checkpoint_path(name, download=False), self.adapt_result,
-                           settings=self.adapt_settings, data={"napari_layers": True, "image": self.image_layer.name
-                                                               if self.image_layer is not None else None})
+                           settings=self.adapt_settings, data=self._adapt_data)
         if self.model is not None and self.model is not self._adapt_base[1]:  # the adapted one is in use
             self.model_combo.setCurrentText(str(out[0]))
             self._model_key = self._model_request()
