@@ -230,3 +230,23 @@ def test_the_annotator_refines_across_planes_of_any_orientation_as_one_undo_step
     assert found[0].name == "vol[1]"
     with pytest.raises(ValueError, match="do not fit"):
         exhaust(ann.iter_refine(given[:, :3]))
+
+
+def test_huge_sparse_ids_are_found_without_a_list_as_long_as_the_largest():
+    """64-bit ids (hashes, other tools' ids) cost what their objects cost; refine keeps them."""
+    from napari_sam_hq.engine.labels import object_slices
+
+    image, truth = disc_image((80, 100), [(25, 30, 10), (50, 70, 12)])
+    big = np.zeros(truth.shape, np.uint64)
+    big[truth == 1] = 2**40 + 7
+    big[truth == 2] = 5
+    found = object_slices(big)
+    assert [i for i, _ in found] == [5, 2**40 + 7]
+    for i, sl in found:
+        assert (big[sl] == i).sum() == (big == i).sum()
+    assert object_slices(np.zeros((3, 3), np.uint64)) == [] and object_slices(np.full((2, 2), 2**50, np.uint64)) \
+        == [(2**50, (slice(0, 2), slice(0, 2)))]
+    bad = np.where(ndimage.binary_erosion(truth > 0, iterations=2), big, 0).astype(np.uint64)
+    out = bad.copy()
+    exhaust(iter_refine(_fake_session(image), bad)).write(out)
+    assert _iou(out == 2**40 + 7, truth == 1) > 0.9 and set(np.unique(out)) == {0, 5, 2**40 + 7}

@@ -101,6 +101,29 @@ def unpack(packed: tuple[bytes, np.dtype, tuple[int, ...]]) -> np.ndarray:
     return np.frombuffer(Blosc().decode(data), dtype=dtype).reshape(shape)
 
 
+# ``ndimage.find_objects`` lists every id up to the largest: beyond this, ids are compacted first
+_DENSE_IDS = 1_000_000
+
+
+def object_slices(labels: np.ndarray) -> list[tuple[int, tuple[slice, ...]]]:
+    """``(id, bounding slices)`` of every id above 0 of an integer label image, ids ascending.
+    Sparse or huge ids (hashes, 64-bit ids from other tools) are compacted first, so the cost
+    follows the number of objects, not the largest id."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    if top <= 0:
+        return []
+    if top <= _DENSE_IDS:
+        return [(i, sl) for i, sl in enumerate(ndimage.find_objects(labels), start=1) if sl is not None]
+    ids, inverse = np.unique(np.where(labels > 0, labels, 0), return_inverse=True)
+    compact = inverse.reshape(labels.shape)
+    if ids[0] != 0:  # no background pixel: every id is an object
+        ids, compact = np.concatenate([[0], ids]), compact + 1
+    return [(int(ids[i]), sl) for i, sl in enumerate(ndimage.find_objects(compact), start=1) if sl is not None]
+
+
 def is_zarr(array: Any) -> bool:
     return type(array).__module__.startswith("zarr")
 

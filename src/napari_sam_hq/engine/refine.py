@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from .labels import pack, unpack
+from .labels import object_slices, pack, unpack
 from .propagation import prompt_from_mask
 from .session import SegmentationSession, SliceKey
 from .tiling import TileGrid, prompt_extent
@@ -159,9 +158,8 @@ def refine_plane(session: SegmentationSession, key: SliceKey, plane: np.ndarray,
                  settings: RefineSettings) -> tuple[RefinedPlane | None, list[ObjectChange]]:
     """Refine the objects of one ``H x W`` label ``plane`` of slice ``key`` (module notes)."""
     plane = np.asarray(plane)
-    found = [(label, sl) for label, sl in enumerate(ndimage.find_objects(plane), start=1) if sl is not None]
     todo, changes = [], []
-    for label, sl in found:
+    for label, sl in object_slices(plane):
         mask = plane[sl] == label
         area = int(mask.sum())
         if area < settings.min_area:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .embedding import ImageEmbedding
+from .labels import object_slices
 from .transforms import Frames
 
 HQ_PARTS = ("hf_token", "hf_mlp", "embedding_maskfeature")
@@ -106,9 +107,7 @@ def objects_from_labels(labels: np.ndarray, *, min_area: int = 10) -> list[np.nd
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got {labels.dtype}: a label image, not a probability map")
     out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
+    for i, sl in object_slices(labels):
         mask = np.zeros(labels.shape, bool)
         mask[sl] = labels[sl] == i
         if mask.sum() >= min_area:
