@@ -69,6 +69,14 @@ def test_a_stack_is_refined_slice_by_slice_with_ids_kept():
             bad[z][m] = i * 10 + z  # ids need not be 1..n and may differ per slice
     bad[1][100:104, 2:6] = 99  # a small dark object: no answer -> kept
     bad[2][60, 60] = 98  # one pixel: too small to prompt
+    import napari_sam_hq.engine.refine as refine_module
+
+    one_by_one = bad.copy()
+    old_budget, refine_module._ANSWER_BYTES = refine_module._ANSWER_BYTES, 1  # one object per batch
+    try:
+        exhaust(iter_refine(_fake_session(image), bad)).write(one_by_one)
+    finally:
+        refine_module._ANSWER_BYTES = old_budget
     gen = iter_refine(_fake_session(image), bad)
     steps = []
     try:
@@ -79,6 +87,7 @@ def test_a_stack_is_refined_slice_by_slice_with_ids_kept():
     assert [round(f, 2) for f, _ in steps] == [0.33, 0.67, 1.0]
     out = bad.copy()
     result.write(out)
+    np.testing.assert_array_equal(out, one_by_one)  # batches of any size, the same labels
     for z in range(3):
         for i in (1, 2, 3):
             assert _iou(out[z] == i * 10 + z, truth[z] == i) > 0.93

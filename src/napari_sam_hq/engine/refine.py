@@ -33,6 +33,8 @@ from .session import SegmentationSession, SliceKey
 from .tiling import TileGrid, prompt_extent
 from .transforms import Frames
 
+_ANSWER_BYTES = 64 * 2**20  # full-plane bool answers per decoder batch (4 at 4096 x 4096)
+
 KEPT_EMPTY = "kept: empty answer"
 KEPT_CHANGED = "kept: changed too much"
 KEPT_SMALL = "kept: too small"
@@ -167,8 +169,10 @@ def refine_plane(session: SegmentationSession, key: SliceKey, plane: np.ndarray,
         else:
             todo.append((label, sl, mask, area))
     accepted: list[tuple[int, tuple[slice, slice], np.ndarray]] = []  # label, box, new mask crop
-    for start in range(0, len(todo), settings.batch):
-        chunk = todo[start : start + settings.batch]
+    # the session answers with full-plane masks: at most _ANSWER_BYTES of them at once
+    step = max(1, min(settings.batch, _ANSWER_BYTES // plane.size))
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
         objects = [object_prompts(m, (sl[0].start, sl[1].start), session.grid, settings)
                    for _, sl, m, _ in chunk]
         answers = session.segment(key, objects, hq_token_only=settings.hq_token_only)
