@@ -361,3 +361,28 @@ def test_the_builder_picks_the_path_by_device():
 
     assert model.dtype == torch.float32 == default_dtype(torch.device("cpu"))
     assert default_dtype(torch.device("cuda")) == default_dtype(torch.device("mps")) == torch.float16
+
+
+@pytest.mark.parametrize("pair", ["small_pair", "tiny_pair"])
+def test_whole_tensor_path_end_to_end(request, pair):
+    """The GPU path through a whole model (ViT windows + global blocks; TinyViT's four
+    stages), run on the CPU: the same embedding, early feature, HQ features and masks."""
+    from napari_sam_hq.model.build import set_compute_path
+
+    model = request.getfixturevalue(pair).ours
+    x = torch.rand(1, 3, 1024, 768, generator=torch.Generator().manual_seed(3)) * 255
+    emb, pe, sparse, dense, _ = _decoder_inputs(3, seed=4)
+    try:
+        with torch.inference_mode():
+            banded = model.encode(x)
+            set_compute_path(model, banded=False)
+            whole = model.encode(x)
+            masks_whole = model.mask_decoder.predict_masks(banded[0], pe, sparse, dense, banded[2])
+            set_compute_path(model, banded=True)
+            masks_banded = model.mask_decoder.predict_masks(banded[0], pe, sparse, dense, banded[2])
+    finally:
+        set_compute_path(model, banded=True)
+    for a, b in zip(whole, banded, strict=True):
+        assert_close(a, b, atol=2e-4, rtol=1e-4)
+    for a, b in zip(masks_whole, masks_banded, strict=True):
+        assert_close(a, b, atol=1e-4, rtol=1e-4)
