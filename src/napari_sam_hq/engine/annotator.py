@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import LabelVolume
+from .labels import LabelVolume, mask_box
 from .orientation import Orientation
 from .session import ObjectMask, SegmentationSession, SliceKey
 from .tiling import Tile
@@ -348,7 +348,7 @@ class Annotator:
         covering its objects only (1, 2, ... in prompt order; earlier objects on top), or
         ``None`` when the slice has none."""
         objects = self.preview.get(tuple(key), [])
-        boxes = [_mask_box(o.mask) for o in objects]
+        boxes = [mask_box(o.mask) for o in objects]
         boxes = [b for b in boxes if b is not None]
         if not boxes:
             return None
@@ -381,7 +381,7 @@ class Annotator:
                     keep: int | None = None) -> int:
         """Write ``label`` where ``mask`` is set (only on 0, or on ``keep``, unless ``overwrite``),
         reading and writing only the mask's bounding box."""
-        box = _mask_box(mask)
+        box = mask_box(mask)
         if box is None:
             return 0
         y0, x0, y1, x1 = box
@@ -546,7 +546,7 @@ class Annotator:
         o = self.orientation
         with labels.transaction():
             for k, plane in planes.items():
-                box = _mask_box(plane > 0)
+                box = mask_box(plane > 0)
                 if box is None:
                     continue
                 region = o.region(k, box)
@@ -595,12 +595,3 @@ class Annotator:
                 changed += labels.write_region(o.region(plane.key, plane.box), o.to_region(values),
                                                o.to_region(np.ones(values.shape, bool)))
         return changed
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """``(y0, x0, y1, x1)`` half-open box of a plane mask, ``None`` when it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if not rows.size:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1

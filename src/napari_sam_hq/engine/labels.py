@@ -101,6 +101,15 @@ def unpack(packed: tuple[bytes, np.dtype, tuple[int, ...]]) -> np.ndarray:
     return np.frombuffer(Blosc().decode(data), dtype=dtype).reshape(shape)
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, x0, y1, x1)`` half-open box of a plane mask, ``None`` when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
 # ``ndimage.find_objects`` lists every id up to the largest: beyond this, ids are compacted first
 _DENSE_IDS = 1_000_000
 

@@ -98,15 +98,10 @@ class SamHQPredictor:
         Stopping the generator early leaves the predictor without an image, never half set.
         """
         self.reset_image()
-        rgb = to_model_rgb(image, contrast_limits=contrast_limits)
-        frames = Frames.for_image(rgb.shape[0], rgb.shape[1])
-        resized = resize_longest_side(rgb)
+        x, frames = self._model_input(image, contrast_limits)
         model = self.model
         with torch.inference_mode():
-            # h w 3 -> 1 3 h w
-            x = torch.as_tensor(resized.astype(np.float32, copy=False), device=model.device)
-            x = x.permute(2, 0, 1)[None]
-            steps = model.iter_encode(x)
+            steps = model.iter_encode(x[None])
             total = model.num_encode_steps
             try:
                 while True:
@@ -120,23 +115,26 @@ class SamHQPredictor:
     ) -> list[ImageEmbedding]:
         """The embeddings of several images (each H x W or H x W x C, sizes may differ) from one
         encoder call: slices of a stack per call on a GPU. The predictor's own image is left
-        as it was. On CUDA the inputs travel from pinned memory without blocking."""
-        model = self.model
+        as it was."""
         limits = contrast_limits or [None] * len(images)
-        sizes, tensors = [], []
-        pin = model.device.type == "cuda"
-        for image, lim in zip(images, limits, strict=True):
-            rgb = to_model_rgb(image, contrast_limits=lim)
-            sizes.append(Frames.for_image(rgb.shape[0], rgb.shape[1]))
-            t = torch.from_numpy(np.ascontiguousarray(resize_longest_side(rgb), dtype=np.float32))
-            if pin:
-                t = t.pin_memory()
-            # h w 3 -> 3 h w
-            tensors.append(t.to(model.device, non_blocking=pin).permute(2, 0, 1))
+        tensors, sizes = zip(*(self._model_input(im, lim) for im, lim in zip(images, limits, strict=True)),
+                             strict=True)
         with torch.inference_mode():
-            embedding, early, hq = model.encode_many(tensors)
+            embedding, early, hq = self.model.encode_many(list(tensors))
         return [self._embedding_of(embedding[i : i + 1], None, hq[i : i + 1], frames)
                 for i, frames in enumerate(sizes)]
+
+    def _model_input(self, image: np.ndarray, contrast_limits) -> tuple[torch.Tensor, Frames]:
+        """``image`` as the encoder's input ``3 x h x w`` (RGB 0-255, longest side 1024) on the
+        model's device, and its frames. On CUDA it travels from pinned memory without blocking."""
+        rgb = to_model_rgb(image, contrast_limits=contrast_limits)
+        frames = Frames.for_image(rgb.shape[0], rgb.shape[1])
+        t = torch.from_numpy(np.ascontiguousarray(resize_longest_side(rgb), dtype=np.float32))
+        pin = self.model.device.type == "cuda"
+        if pin:
+            t = t.pin_memory()
+        # h w 3 -> 3 h w
+        return t.to(self.model.device, non_blocking=pin).permute(2, 0, 1), frames
 
     def _set_state(self, embedding: torch.Tensor, early: torch.Tensor, hq: torch.Tensor, frames: Frames) -> None:
         decoder, prompt_encoder = self.model.mask_decoder, self.model.prompt_encoder

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .labels import object_slices, pack, unpack
+from .labels import mask_box, object_slices, pack, unpack
 from .propagation import prompt_from_mask
-from .session import SegmentationSession, SliceKey
+from .session import SegmentationSession, SliceKey, plane_of
 from .tiling import TileGrid, prompt_extent
 from .transforms import Frames
 
@@ -177,13 +177,12 @@ def refine_plane(session: SegmentationSession, key: SliceKey, plane: np.ndarray,
                    for _, sl, m, _ in chunk]
         answers = session.segment(key, objects, hq_token_only=settings.hq_token_only)
         for (label, sl, old, area), answer in zip(chunk, answers, strict=True):
-            new = answer.mask
-            rows, cols = np.flatnonzero(new.any(1)), np.flatnonzero(new.any(0))
-            if not rows.size:
+            found = mask_box(answer.mask)
+            if found is None:
                 changes.append(ObjectChange(label, key, area, area, 0.0, KEPT_EMPTY))
                 continue
-            box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-            crop = new[box]
+            box = (slice(found[0], found[2]), slice(found[1], found[3]))
+            crop = answer.mask[box]
             inter = int(crop[_overlap(box, sl, old)].sum()) if _meets(box, sl) else 0
             iou = inter / (area + int(crop.sum()) - inter)
             if iou < settings.min_iou:
@@ -240,11 +239,7 @@ def _assemble(plane: np.ndarray, accepted) -> tuple[np.ndarray, tuple[int, int, 
     # ... except pixels an object had and still claims: they go back to it
     for label, box, crop in accepted:
         out[box][crop & (plane[box] == label)] = label
-    changed = out != plane
-    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
-    if not rows.size:
-        return out, (0, 0, 0, 0)
-    return out, (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    return out, mask_box(out != plane) or (0, 0, 0, 0)
 
 
 def iter_refine(
@@ -258,16 +253,10 @@ def iter_refine(
     slice). Yields ``(fraction, message)`` after each plane; returns a ``RefineResult``
     (nothing is written: ``result.write(out)``). Planes without objects cost one read."""
     settings = settings or RefineSettings()
-    shape = tuple(int(s) for s in labels.shape)
-    expected = (*session.lead_shape, *session.plane_shape)
-    if shape != expected:
-        raise ValueError(f"the labels have shape {shape}, the image {expected}: refine the labels of this image")
-    if np.dtype(labels.dtype).kind not in "iu":
-        raise ValueError(f"labels must be integers, got {labels.dtype}: a label image, not a probability map")
-    keys = [session.check_key(k) for k in (session.keys if keys is None else keys)]
+    keys = session.check_labels(labels, keys)
     planes, changes = [], []
     for n, key in enumerate(keys, start=1):
-        plane = np.asarray(labels[key] if key else labels[...])
+        plane = plane_of(labels, key)
         if plane.any():
             refined, found = refine_plane(session, key, plane, settings)
             changes += found

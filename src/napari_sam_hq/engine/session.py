@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..model.lazy import LazyModel
-from .labels import pack, unpack
+from .labels import mask_box, pack, unpack
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
 
@@ -48,19 +48,12 @@ class ObjectMask:
     tile: Tile
     pending: Tile | None = None
 
-
     def packed(self) -> PackedObjectMask:
         """The same object in a few KB (its mask's box, compressed): for results kept in
         numbers, such as a propagation's, where full-plane masks would add up to GBs."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        if not rows.size:
-            return PackedObjectMask(self.mask.shape, None, None, self.score, self.low_res_logits, self.tile,
-                                    self.pending)
-        cols = np.flatnonzero(self.mask[rows[0] : rows[-1] + 1].any(axis=0))
-        box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-        crop = self.mask[box[0] : box[2], box[1] : box[3]]
-        return PackedObjectMask(self.mask.shape, box, pack(crop), self.score, self.low_res_logits, self.tile,
-                                self.pending)
+        box = mask_box(self.mask)
+        crop = None if box is None else pack(self.mask[box[0] : box[2], box[1] : box[3]])
+        return PackedObjectMask(self.mask.shape, box, crop, self.score, self.low_res_logits, self.tile, self.pending)
 
 
 @dataclass(frozen=True)
@@ -152,8 +145,7 @@ class SegmentationSession:
 
     def plane(self, key: SliceKey) -> np.ndarray:
         """The plane at ``key``: ``H x W`` (or ``H x W x C``), read now."""
-        key = self.check_key(key)
-        return np.asarray(self.data[key] if key else self.data)
+        return plane_of(self.data, self.check_key(key))
 
     def is_whole(self, tile: Tile) -> bool:
         """Whether ``tile`` is the whole plane (its frame is the plane's)."""
@@ -263,6 +255,18 @@ class SegmentationSession:
                     encoded += int(stop.value)
                 yield (done + 1) / total, key
         return encoded
+
+    def check_labels(self, labels: Any, keys: Iterable[SliceKey] | None = None) -> list[SliceKey]:
+        """``keys`` (default: every slice), checked, for an integer label image of this
+        session's ``(*lead, H, W)`` shape; wrong shapes and non-integer labels are refused.
+        Read its planes with ``plane_of(labels, key)``."""
+        shape = tuple(int(s) for s in labels.shape)
+        expected = (*self.lead_shape, *self.plane_shape)
+        if shape != expected:
+            raise ValueError(f"the labels have shape {shape}, the image {expected}: use the labels of this image")
+        if np.dtype(labels.dtype).kind not in "iu":
+            raise ValueError(f"labels must be integers, got {labels.dtype}: a label image, not a probability map")
+        return [self.check_key(k) for k in (self.keys if keys is None else keys)]
 
     @property
     def embed_batch(self) -> int:
@@ -453,6 +457,12 @@ class SegmentationSession:
                 mask = batch.masks[j, 0]
             out.append(ObjectMask(mask, float(batch.scores[j, 0]), batch.low_res_logits[j, 0], tile))
         return out
+
+
+def plane_of(data: Any, key: SliceKey) -> np.ndarray:
+    """The plane at slice ``key`` of a ``(*lead, H, W[, C])`` array (numpy, zarr, dask, an
+    oriented view), read now; ``()`` is the whole of a 2D image."""
+    return np.asarray(data[key] if key else data[...])
 
 
 def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:

@@ -172,15 +172,13 @@ def iter_training_images(session: Any, labels: Any, keys: Iterable[tuple[int, ..
     not tiled), so training sees what inference sees. Tiles missing from the store are
     encoded (and stored). Yields ``(fraction, message)``; returns one ``TrainingImage`` per
     tile that holds objects. Slices without objects cost one plane read."""
+    from .session import plane_of
     from .tiling import prompt_extent
 
-    shape = tuple(int(s) for s in labels.shape)
-    if shape != (*session.lead_shape, *session.plane_shape):
-        raise ValueError(f"the labels have shape {shape}, the image {(*session.lead_shape, *session.plane_shape)}")
-    keys = [session.check_key(k) for k in (session.keys if keys is None else keys)]
+    keys = session.check_labels(labels, keys)
     out: list[TrainingImage] = []
     for n, key in enumerate(keys, start=1):
-        plane = np.asarray(labels[key] if key else labels[...])
+        plane = plane_of(labels, key)
         by_tile: dict = {}
         for mask in objects_from_labels(plane) if plane.any() else []:
             tile = session.grid.choose(prompt_extent(mask=mask))
