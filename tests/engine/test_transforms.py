@@ -150,3 +150,48 @@ def test_logits_to_original_dense_path_equals_the_banded_one():
         assert masks.dtype == torch.bool
         sure = (banded - 0.5).abs() > 1e-3
         assert torch.equal(masks[sure], (banded > 0.5)[sure])
+
+
+@pytest.mark.parametrize(
+    "image, limits",
+    [
+        (blob_image(300, 701, seed=3, channels=1).astype(np.uint16) * 40, None),
+        (blob_image(300, 701, seed=3, channels=1).astype(np.uint16) * 40, (100.0, 5000.0)),
+        (blob_image(257, 190, seed=4, channels=1)[..., None].astype(np.int32) - 70, None),
+        (np.where(np.eye(40, 60) > 0, np.nan, np.linspace(-1, 1, 2400).reshape(40, 60)), None),
+        (blob_image(120, 80, seed=5, channels=1), None),  # uint8: the official RGB path
+        (blob_image(120, 80, seed=5).astype(np.float32), (10.0, 200.0)),  # RGB
+        (np.full((30, 20), 7.0), None),  # constant
+    ],
+)
+def test_model_image_is_the_plain_chain(image, limits):
+    """``model_image`` (grey images scaled and resized as one channel) gives the exact pixels
+    of ``resize_longest_side(to_model_rgb(...))``."""
+    from napari_sam_hq.engine.transforms import model_image
+
+    plain = resize_longest_side(to_model_rgb(image, contrast_limits=limits)).astype(np.float32)
+    out = model_image(image, contrast_limits=limits)
+    assert out.dtype == np.float32 and out.shape == plain.shape
+    assert np.array_equal(out, plain)
+
+
+def test_model_image_of_a_large_grey_plane_needs_one_float_plane():
+    """Peak of the encoder input of a 2048 x 2048 uint16 plane (numpy allocations, tracemalloc,
+    in a fresh process): one float32 plane (16 MB, and the copy PIL takes of it) and the small
+    RGB result; the plain chain makes RGB float temporaries (72 MB measured; PIL's own buffers,
+    three planes there, are not counted)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tracemalloc, numpy as np\n"
+        "from napari_sam_hq.engine.transforms import model_image, resize_longest_side, to_model_rgb\n"
+        "img = (np.arange(2048 * 2048, dtype=np.uint32) % 60000).astype(np.uint16).reshape(2048, 2048)\n"
+        "tracemalloc.start(); model_image(img); a = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()\n"
+        "tracemalloc.start(); resize_longest_side(to_model_rgb(img)); b = tracemalloc.get_traced_memory()[1]\n"
+        "print(a / 2**20, b / 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    ours, plain = (float(v) for v in out.split())
+    assert ours < 36, f"model_image peaked at {ours:.0f} MB"
+    assert plain > 2 * ours  # the measurement tells the two apart

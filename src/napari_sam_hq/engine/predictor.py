@@ -17,7 +17,7 @@ import torch
 from ..model.common import exhaust
 from ..model.sam_hq import SamHQ
 from .embedding import ImageEmbedding
-from .transforms import LOW_RES, Frames, resize_longest_side, to_model_rgb
+from .transforms import LOW_RES, Frames, model_image
 
 # Prompts per decoder call. The transformer runs them as one batch (4 MB per prompt and
 # tensor); the mask heads take one prompt at a time anyway. Measured with vit_b on 2 cores:
@@ -127,9 +127,10 @@ class SamHQPredictor:
     def _model_input(self, image: np.ndarray, contrast_limits) -> tuple[torch.Tensor, Frames]:
         """``image`` as the encoder's input ``3 x h x w`` (RGB 0-255, longest side 1024) on the
         model's device, and its frames. On CUDA it travels from pinned memory without blocking."""
-        rgb = to_model_rgb(image, contrast_limits=contrast_limits)
-        frames = Frames.for_image(rgb.shape[0], rgb.shape[1])
-        t = torch.from_numpy(np.ascontiguousarray(resize_longest_side(rgb), dtype=np.float32))
+        pixels = model_image(image, contrast_limits=contrast_limits)  # checks the image
+        image = np.asarray(image)
+        frames = Frames.for_image(image.shape[0], image.shape[1])
+        t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         pin = self.model.device.type == "cuda"
         if pin:
             t = t.pin_memory()

@@ -35,10 +35,8 @@ def preprocess_shape(h: int, w: int, long_side: int = MODEL_SIZE) -> tuple[int, 
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def to_model_rgb(
-    image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
-) -> np.ndarray:
-    """``H x W x 3`` RGB for the model: ``uint8`` for uint8 input, else float32 in [0, 255]."""
+def _rgb_view(image: np.ndarray) -> np.ndarray:
+    """``image`` as ``H x W x 3`` by the channel rules (module docstring); checks the shape."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -58,26 +56,70 @@ def to_model_rgb(
         )
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ValueError(f"the image is empty (shape {image.shape})")
-    if rgb.dtype == np.uint8 and contrast_limits is None:
-        return np.ascontiguousarray(rgb)
-    if rgb.dtype == bool:
-        return rgb.astype(np.uint8) * np.uint8(255)
-    if not (np.issubdtype(rgb.dtype, np.number)) or np.iscomplexobj(rgb):
-        raise ValueError(f"image dtype {rgb.dtype} is not a real number type")
-    data = rgb.astype(np.float32, copy=False)
-    finite = np.isfinite(data)
+    return rgb
+
+
+def _scaled(data: np.ndarray, contrast_limits: tuple[float, float] | None) -> np.ndarray:
+    """Real-valued ``data`` mapped from ``contrast_limits`` (default min-max of the finite
+    values) to float32 in [0, 255], clipped; non-finite values become the low limit.
+
+    Works in one float32 copy (never in ``data`` itself): a 4096 x 4096 plane costs 64 MB,
+    not the ~5 temporaries of the same size that the plain expression makes."""
+    if not (np.issubdtype(data.dtype, np.number)) or np.iscomplexobj(data):
+        raise ValueError(f"image dtype {data.dtype} is not a real number type")
+    out = np.array(data, dtype=np.float32, copy=True)
+    finite = None if np.issubdtype(data.dtype, np.integer) else np.isfinite(out)
     if contrast_limits is None:
-        if not finite.any():
-            return np.zeros(rgb.shape, np.float32)
-        lo, hi = float(data[finite].min()), float(data[finite].max())
+        if finite is None:
+            lo, hi = float(out.min()), float(out.max())
+        elif not finite.any():
+            return np.zeros(out.shape, np.float32)
+        else:
+            lo, hi = float(out[finite].min()), float(out[finite].max())
     else:
         lo, hi = (float(v) for v in contrast_limits)
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
             raise ValueError(f"contrast_limits {contrast_limits} must be finite with low <= high")
-    data = np.where(finite, data, lo)
+    if finite is not None:
+        out[~finite] = lo
     if hi <= lo:
-        return np.zeros(rgb.shape, np.float32)
-    return np.clip((data - lo) * (255.0 / (hi - lo)), 0.0, 255.0).astype(np.float32)
+        return np.zeros(out.shape, np.float32)
+    out -= np.float32(lo)
+    out *= np.float32(255.0 / (hi - lo))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def to_model_rgb(
+    image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
+) -> np.ndarray:
+    """``H x W x 3`` RGB for the model: ``uint8`` for uint8 input, else float32 in [0, 255]."""
+    rgb = _rgb_view(image)
+    if rgb.dtype == np.uint8 and contrast_limits is None:
+        return np.ascontiguousarray(rgb)
+    if rgb.dtype == bool:
+        return rgb.astype(np.uint8) * np.uint8(255)
+    return _scaled(rgb, contrast_limits)
+
+
+def model_image(
+    image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None, long_side: int = MODEL_SIZE
+) -> np.ndarray:
+    """The encoder's input pixels ``h x w x 3`` float32 (longest side ``long_side``): the same
+    values as ``resize_longest_side(to_model_rgb(image))``.
+
+    A grey image (``H x W``, ``H x W x 1``) that is not plain uint8 is scaled and resized as
+    one channel and copied to three at the model size: a 4096 x 4096 uint16 plane then needs
+    one 64 MB float plane instead of ~600 MB of RGB temporaries (the coarse pass of a large
+    plane, an untiled 2D image).
+    """
+    image = np.asarray(image)
+    grey = image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)
+    if not grey or image.dtype in (np.uint8, np.bool_) or image.size == 0:
+        return np.asarray(resize_longest_side(to_model_rgb(image, contrast_limits=contrast_limits), long_side),
+                          np.float32)
+    plane = _scaled(image.reshape(image.shape[:2]), contrast_limits)
+    small = resize_longest_side(plane[..., None], long_side)  # h x w x 1
+    return np.repeat(small, 3, axis=-1)
 
 
 def resize_longest_side(rgb: np.ndarray, long_side: int = MODEL_SIZE) -> np.ndarray:
