@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
+from ..engine import memory
 from ..engine.propagation import PropagationSettings
 from ..engine.settings import AutoSettings
 from .forms import read_settings, settings_form
@@ -91,6 +92,7 @@ def run_tool(host, worker, *, slot: str, button, returned, message: str, yielded
 
 def _tool_finished(host, slot: str, button) -> None:
     setattr(host, slot, None)
+    memory.trim()  # the worker's temporaries back to the system (engine/memory.py)
     button.setEnabled(True)
     if not host.busy:
         host.cancel_button.setEnabled(False)

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..engine import memory
 from . import constants as C
 from .adapt import AdaptTool, RefineTool
 from .layers import (
@@ -90,6 +91,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         self._decode_worker = None
         self._decode_dirty = False
         self._errors: list[Exception] = []  # errors reported to the user, not yet raised by wait()
+        memory.limit_arenas()  # before the workers' threads first allocate (engine/memory.py)
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()

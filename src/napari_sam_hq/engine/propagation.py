@@ -26,6 +26,7 @@ from itertools import pairwise
 import numpy as np
 from scipy import ndimage
 
+from . import memory
 from .session import ObjectMask, SegmentationSession, SliceKey
 
 
@@ -173,6 +174,7 @@ def iter_propagate(
                 alive.append(t)
             yield min(done / total, 1.0), f"slice {z}: {len(group)} object(s)"
         tracks = alive
+    memory.trim()  # the encoder's and decoder's temporaries back to the system
     return found
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..model.lazy import LazyModel
+from . import memory
 from .labels import mask_box, pack, unpack
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
@@ -314,6 +315,7 @@ class SegmentationSession:
                     for (key, tile, entry, _, _), emb in zip(ready, embs, strict=True):
                         self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
                     encoded += len(ready)
+                    memory.trim()
                 done += len(batch)
                 yield done / max(1, len(todo)), batch[-1][0]
         return encoded
@@ -333,6 +335,7 @@ class SegmentationSession:
         self._keep_ready(entry, predictor)
         yield 1.0
         self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
+        memory.trim()  # the encoder's temporaries back to the system: ~10 ms, see memory
         return True
 
     def _keep_ready(self, entry: str, predictor: SamHQPredictor) -> None:
@@ -358,6 +361,7 @@ class SegmentationSession:
             predictor.set_image(pixels, contrast_limits=limits)
             emb = predictor.get_image_embedding(early=False)
             self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
+            memory.trim()
         else:
             predictor.set_image_embedding(emb)
         self._keep_ready(entry, predictor)
