@@ -179,3 +179,56 @@ def test_download_progress_shows_in_the_widget(make_napari_viewer, qtbot, checkp
     from napari_sam_hq.model.download import cached_path
 
     assert cached_path(info).read_bytes() == Path(checkpoint).read_bytes()
+
+
+def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari_viewer, qtbot, checkpoint,
+                                                                     tmp_path, monkeypatch):
+    """A commit on zarr labels redraws the object's box on the plane on screen (napari's own
+    partial redraw of painting), not the whole plane; what the canvas shows is what a full
+    refresh shows, in a transposed view too, after undo and redo as well."""
+    from napari_sam_hq.engine.annotator import PreviewObject
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_stack(3, 96, 128), name="cells")
+    widget = _widget(viewer, checkpoint)
+    _on_disk(widget, tmp_path)
+    viewer.dims.set_current_step(0, 1)
+    viewer.layers[C.POINTS_LAYER].add([1, 30, 40])
+    widget.wait(timeout=WAIT)
+    ann = widget.annotator()
+    yy, xx = np.ogrid[:96, :128]
+    disc = (yy - 40) ** 2 + (xx - 70) ** 2 <= 15**2
+    ann.preview = {(1,): [PreviewObject(disc, 0.9, False)]}
+    [label] = widget.commit()
+    labels = viewer.layers[C.LABELS_LAYER]
+    assert type(labels.data).__module__.startswith("zarr")
+    qtbot.wait(100)  # the new layer drawn once, as the user sees it
+    refreshed = []
+    monkeypatch.setattr(labels, "refresh", lambda *a, **k: refreshed.append(1))
+
+    def shown() -> np.ndarray:
+        qtbot.wait(50)
+        return viewer.screenshot(canvas_only=True, flash=False)
+
+    def check(plane: np.ndarray) -> None:
+        assert not refreshed, "the whole layer was refreshed"
+        np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), plane)
+        partial = shown()
+        monkeypatch.undo()  # a real full refresh, for comparison
+        labels.refresh()
+        np.testing.assert_array_equal(partial, shown())
+        monkeypatch.setattr(labels, "refresh", lambda *a, **k: refreshed.append(1))
+
+    second = (yy - 60) ** 2 + (xx - 30) ** 2 <= 12**2
+    ann.preview = {(1,): [PreviewObject(second, 0.9, False)]}
+    [label2] = widget.commit()
+    check(np.asarray(labels.data[1]))
+    assert (np.asarray(labels.data[1])[second] == label2).all()
+    viewer.dims.order = (0, 2, 1)  # x down, y across: the slice napari holds is transposed
+    widget.wait(timeout=WAIT)
+    widget.undo()
+    check(np.asarray(labels.data[1]).T)
+    assert not (np.asarray(labels.data[1]) == label2).any()
+    widget.redo()
+    check(np.asarray(labels.data[1]).T)
+    assert (np.asarray(labels.data[1]) == label).sum() == disc.sum()

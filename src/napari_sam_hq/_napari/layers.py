@@ -130,6 +130,7 @@ class LayerLabels(LabelVolume):
         super().__init__(layer.data, history=True)
         self.layer = layer
         self._ours = 0
+        self._drawn: list | None = []  # (box on screen, values) written since the last redraw
         self._timeline: list[str] = []  # "ours" or "napari", oldest first
         self._redo_timeline: list[str] = []
         layer.events.paint.connect(self._on_paint)
@@ -141,12 +142,25 @@ class LayerLabels(LabelVolume):
 
     def _store_region(self, region, new) -> None:
         self.layer.data[region] = new
+        if self._drawn is not None:
+            part = on_screen(self.layer, region, new)
+            if part is not None:
+                self._drawn.append(part)
+                if len(self._drawn) > 64:  # many boxes on screen: one redraw of the plane is cheaper
+                    self._drawn = None
+
+    def _redraw(self) -> None:
+        """Show what was written since the last redraw: only its boxes on the plane on screen
+        (napari's partial redraw of painting), else the whole layer again."""
+        parts, self._drawn = self._drawn, []
+        if parts is None or not redraw_boxes(self.layer, parts):
+            self.layer.refresh()
 
     def _push_step(self, step: list) -> None:
         super()._push_step(step)
         self._timeline.append("ours")
         self._redo_timeline.clear()
-        self.layer.refresh()
+        self._redraw()
 
     @contextmanager
     def transaction(self):
@@ -174,7 +188,10 @@ class LayerLabels(LabelVolume):
         kind = source.pop()
         (ours if kind == "ours" else napari)()
         target.append(kind)
-        self.layer.refresh()
+        if kind == "ours":
+            self._redraw()
+        else:
+            self.layer.refresh()
         return True
 
     def _on_paint(self, event: Any) -> None:
@@ -198,3 +215,53 @@ class LayerLabels(LabelVolume):
             self._redo_timeline.clear()
             self._undo.clear()
             self._redo.clear()
+
+
+def on_screen(layer: napari.layers.Labels, region: tuple[slice, ...], values: np.ndarray):
+    """The part of a box written into ``layer.data`` (``region`` in the data frame, its
+    ``values``) that lies on the plane on screen: ``(box, plane values)`` in the layer's
+    displayed slice (its axes in display order), or ``None`` when the box is elsewhere (or
+    napari's slice state is not what this napari version is known to have)."""
+    try:
+        here = layer._get_pt_not_disp()  # {non-displayed data axis: index on screen}
+        axes = [a for a in layer._slice.slice_input.order if a not in here]
+    except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
+        return None
+    if len(axes) != 2 or len(region) != values.ndim:
+        return None
+    if any(not region[a].start <= here[a] < region[a].stop for a in here):
+        return None
+    part = values[tuple(here[a] - region[a].start if a in here else slice(None) for a in range(values.ndim))]
+    if axes != sorted(axes):  # transposed view: the slice's axes follow the display order
+        part = part.T
+    return tuple(region[a] for a in axes), np.array(part)
+
+
+def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:
+    """Draw boxes written into ``layer.data`` (``on_screen`` parts) without reading the plane
+    again: the slice napari holds and its colour texture are updated in those boxes only, as
+    napari's own painting does (``Labels.data_setitem``), so a commit on a 4096 x 4096 zarr
+    plane redraws the object's box instead of decompressing and colouring 64 MB. Returns
+    ``False`` (nothing drawn: refresh the layer) where that path does not apply (contours,
+    an unloaded slice, another napari)."""
+    if not parts:
+        return True
+    try:
+        if layer.contour > 0 or layer.multiscale or not layer._slicing_state.loaded:
+            return False
+        image = layer._slice.image
+        here = layer._get_pt_not_disp()
+        axes = [a for a in layer._slice.slice_input.order if a not in here]
+        if len(axes) != 2:
+            return False
+        for box, values in parts:
+            image.raw[box] = values  # a copy of the plane (zarr, dask), or a view (numpy: no change)
+            image.view[box] = layer.colormap._data_to_texture(values)
+            full = [slice(here[a], here[a] + 1) if a in here else None for a in range(layer.ndim)]
+            for a, b in zip(axes, box, strict=True):
+                full[a] = b
+            layer._accumulate_updated_slice(tuple(full))
+        layer._partial_labels_refresh()
+    except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
+        return False
+    return True
