@@ -258,13 +258,15 @@ class LabelVolume:
 
     # ------------------------------------------------------------------ writing
 
-    def write_region(self, region: tuple[slice, ...], values: Any, where: np.ndarray) -> int:
+    def write_region(self, region: tuple[slice, ...], values: Any, where: np.ndarray, *,
+                     old: np.ndarray | None = None) -> int:
         """Set the pixels of the box ``region`` (data frame, slices) where ``where`` (the box's
         shape) to ``values`` (a label, or an array of the box's shape); returns how many
         changed. Reads and writes the box only (basic slicing: a chunk per chunk touched);
-        the undo step keeps the changed pixels' mask, old and new values."""
+        the undo step keeps the changed pixels' mask, old and new values. ``old``: the box as
+        the caller just read it (a copy it owns), to spare a second read."""
         with self._lock:
-            old = np.array(self.array[region], copy=True)
+            old = np.array(self.array[region], copy=True) if old is None else old
             new = old.copy()
             new[where] = values if np.ndim(values) == 0 else np.asarray(values)[where]
             changed = new != old
@@ -280,13 +282,14 @@ class LabelVolume:
               keep: int | None = None) -> int:
         """``label`` where ``mask`` in the box ``region``: only on 0 (or on ``keep``) pixels
         unless ``overwrite``, so labels already there are kept. Returns the pixels changed."""
-        if not overwrite:
-            current = self.read(region)
-            free = current == 0
-            if keep is not None:
-                free |= current == keep
-            mask = mask & free
-        return self.write_region(region, int(label), mask)
+        with self._lock:
+            current = np.array(self.array[region], copy=True)  # read once, for both
+            if not overwrite:
+                free = current == 0
+                if keep is not None:
+                    free |= current == keep
+                mask = mask & free
+            return self.write_region(region, int(label), mask, old=current)
 
     def erase(self, region: tuple[slice, ...], label: int) -> int:
         """Set the pixels of ``label`` in the box ``region`` to 0."""
