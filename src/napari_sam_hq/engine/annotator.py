@@ -91,6 +91,7 @@ class EncodeStep:
 
 
 Preview = dict[SliceKey, list[PreviewObject]]
+_LOOKUP_BYTES = 64 << 20  # planes of lazy data kept read (the slice on screen and its neighbours)
 
 
 class Annotator:
@@ -204,10 +205,13 @@ class Annotator:
             if hit is not None:
                 self._lookups.move_to_end(cache_key)
                 return hit
-        lookup = session.entry_lookup(session.plane(key))
+        plane = session.plane(key)
+        lookup = session.entry_lookup(plane)
+        # each holds its plane: up to 4, within _LOOKUP_BYTES (2 of 4096 x 4096 uint16)
+        keep = max(1, min(4, _LOOKUP_BYTES // max(1, plane.nbytes)))
         with self._lock:
             self._lookups[cache_key] = lookup
-            while len(self._lookups) > 4:  # each holds its plane (32 MB for 4096 x 4096 uint16)
+            while len(self._lookups) > keep:
                 self._lookups.popitem(last=False)
         return lookup
 
