@@ -234,7 +234,7 @@ def on_screen(layer: napari.layers.Labels, region: tuple[slice, ...], values: np
     part = values[tuple(here[a] - region[a].start if a in here else slice(None) for a in range(values.ndim))]
     if axes != sorted(axes):  # transposed view: the slice's axes follow the display order
         part = part.T
-    return tuple(region[a] for a in axes), np.array(part)
+    return tuple(region[a] for a in axes), part  # a view: the box written is not changed after
 
 
 def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:

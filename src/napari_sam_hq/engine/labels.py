@@ -18,8 +18,8 @@ Bookkeeping (in zarr attributes for labels on disk, so a reopened volume has it 
   starts from these.
 
 Undo and redo: every write inside one ``transaction()`` is one step; a step stores, per box
-written, the mask of the pixels it changed and their old and new values, compressed
-(``pack``), nothing else.
+written, the mask of the pixels it changed and their old and new values (one value when a
+single label was written), compressed (``pack``), nothing else.
 """
 
 from __future__ import annotations
@@ -268,14 +268,16 @@ class LabelVolume:
         with self._lock:
             old = np.array(self.array[region], copy=True) if old is None else old
             new = old.copy()
-            new[where] = values if np.ndim(values) == 0 else np.asarray(values)[where]
+            one = np.ndim(values) == 0  # one label (a commit, a propagation): no per-pixel values kept
+            new[where] = values if one else np.asarray(values)[where]
             changed = new != old
             if not changed.any():
                 return 0
             self._store_region(region, new)
             if self._history:
-                self._record((region, pack(changed), pack(old[changed]), pack(new[changed])))
-            self._note_region(region, changed, new)
+                written = np.asarray(values, new.dtype) if one else new[changed]
+                self._record((region, pack(changed), pack(old[changed]), pack(written)))
+            self._note_region(region, changed, new, [int(values)] if one else None)
             return int(changed.sum())
 
     def paint(self, region: tuple[slice, ...], mask: np.ndarray, label: int, *, overwrite: bool = False,
@@ -295,10 +297,12 @@ class LabelVolume:
         """Set the pixels of ``label`` in the box ``region`` to 0."""
         return self.write_region(region, 0, self.read(region) == label)
 
-    def _note_region(self, region: tuple[slice, ...], changed: np.ndarray, new: np.ndarray) -> None:
-        """Extents and the counter after a box write (a bound per label: the box of its pixels)."""
+    def _note_region(self, region: tuple[slice, ...], changed: np.ndarray, new: np.ndarray,
+                     labels: list[int] | None = None) -> None:
+        """Extents and the counter after a box write (a bound per label: the box of its pixels);
+        ``labels``: the values written, when the caller knows them (else found, with a sort)."""
         with self._lock:
-            for label in np.unique(new[changed]).tolist():
+            for label in np.unique(new[changed]).tolist() if labels is None else labels:
                 if label == 0:
                     continue
                 here = new == label
