@@ -454,7 +454,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
             else:
                 root = text or default_store_root()
                 try:
-                    self._store = EmbeddingStore(root, max_in_memory=C.STORE_RAM_ENTRIES)
+                    self._store = EmbeddingStore(root, max_in_memory=C.STORE_RAM_ENTRIES_ON_DISK)
                 except (ValueError, OSError) as err:
                     self._report_error(f"{err}. Embeddings are kept in RAM for now.", recoverable=True)
                     self._store = EmbeddingStore(None, max_in_memory=C.STORE_RAM_ENTRIES)
