@@ -232,3 +232,6 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
     widget.redo()
     check(np.asarray(labels.data[1]).T)
     assert (np.asarray(labels.data[1]) == label).sum() == disc.sum()
+    viewer.dims.ndisplay = 3  # no plane on screen: the whole layer is refreshed
+    widget.undo()
+    assert refreshed

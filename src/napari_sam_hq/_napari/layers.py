@@ -144,10 +144,10 @@ class LayerLabels(LabelVolume):
         self.layer.data[region] = new
         if self._drawn is not None:
             part = on_screen(self.layer, region, new)
-            if part is not None:
+            if part is False or len(self._drawn) >= 64:  # unknown view, or many boxes: redraw all
+                self._drawn = None
+            elif part is not None:
                 self._drawn.append(part)
-                if len(self._drawn) > 64:  # many boxes on screen: one redraw of the plane is cheaper
-                    self._drawn = None
 
     def _redraw(self) -> None:
         """Show what was written since the last redraw: only its boxes on the plane on screen
@@ -220,15 +220,15 @@ class LayerLabels(LabelVolume):
 def on_screen(layer: napari.layers.Labels, region: tuple[slice, ...], values: np.ndarray):
     """The part of a box written into ``layer.data`` (``region`` in the data frame, its
     ``values``) that lies on the plane on screen: ``(box, plane values)`` in the layer's
-    displayed slice (its axes in display order), or ``None`` when the box is elsewhere (or
-    napari's slice state is not what this napari version is known to have)."""
+    displayed slice (its axes in display order), ``None`` when the box is on another slice,
+    ``False`` when that cannot be told (3D display, another napari): redraw the whole layer."""
     try:
         here = layer._get_pt_not_disp()  # {non-displayed data axis: index on screen}
         axes = [a for a in layer._slice.slice_input.order if a not in here]
     except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
-        return None
+        return False
     if len(axes) != 2 or len(region) != values.ndim:
-        return None
+        return False
     if any(not region[a].start <= here[a] < region[a].stop for a in here):
         return None
     part = values[tuple(here[a] - region[a].start if a in here else slice(None) for a in range(values.ndim))]
