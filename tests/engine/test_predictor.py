@@ -202,32 +202,3 @@ def test_a_batch_of_images_in_one_encoder_call_gives_each_ones_embedding(small_p
     assert SegmentationSession(model, stack).embed_batch == 1  # the CPU default
     with pytest.raises(ValueError, match="embed_batch"):
         SegmentationSession(model, stack, embed_batch=0)
-
-
-def test_predictors_of_one_model_share_the_positional_encoding(small_pair):
-    """A session keeps several decoder-ready predictors: they share one dense positional
-    encoding and its row layout (8 MB each otherwise), with the same answers as a fresh one;
-    new encoding weights make a new one."""
-    import torch
-
-    model = small_pair.ours
-    a, b = SamHQPredictor(model), SamHQPredictor(model)
-    assert a._dense_pe is b._dense_pe
-    a.set_image(blob_image(200, 300, seed=3))
-    b.set_image(blob_image(120, 90, seed=4))
-    assert a._image_tokens.key_pe is b._image_tokens.key_pe
-    with torch.inference_mode():
-        fresh = model.prompt_encoder.get_dense_pe()
-    torch.testing.assert_close(a._dense_pe, fresh, rtol=0, atol=0)
-    buf = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-    saved = buf.clone()
-    try:
-        with torch.no_grad():
-            buf.mul_(2.0)
-        c = SamHQPredictor(model)
-        assert c._dense_pe is not a._dense_pe
-        with torch.inference_mode():
-            torch.testing.assert_close(c._dense_pe, model.prompt_encoder.get_dense_pe(), rtol=0, atol=0)
-    finally:
-        with torch.no_grad():
-            buf.copy_(saved)

@@ -58,20 +58,6 @@ class BatchPrediction:
         return Prediction(self.masks[i], self.scores[i], self.low_res_logits[i])
 
 
-def shared_dense_pe(model: SamHQ) -> torch.Tensor:
-    """The prompt encoder's dense positional encoding ``1 x 256 x 64 x 64``, made once per model
-    and shared by its predictors (a session keeps several: 4 MB each, and the transformer's
-    row layout of it another 4 MB). Made again if the encoding's weights change."""
-    buf = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-    key = (buf.data_ptr(), buf._version, str(buf.device), buf.dtype)
-    cached = model.__dict__.get("_shared_dense_pe")
-    if cached is None or cached[0] != key:
-        with torch.inference_mode():
-            cached = (key, model.prompt_encoder.get_dense_pe())
-        model.__dict__["_shared_dense_pe"] = cached
-    return cached[1]
-
-
 class SamHQPredictor:
     """Interactive SAM-HQ on one image at a time.
 
@@ -83,7 +69,8 @@ class SamHQPredictor:
 
     def __init__(self, model: SamHQ) -> None:
         self.model = model
-        self._dense_pe = shared_dense_pe(model)
+        with torch.inference_mode():
+            self._dense_pe = model.prompt_encoder.get_dense_pe()
         self.reset_image()
 
     # ------------------------------------------------------------------ image

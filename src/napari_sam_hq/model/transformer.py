@@ -257,19 +257,8 @@ class TwoWayTransformer(nn.Module):
         # B C h w -> B hw C, made contiguous once: on the transposed view every add and
         # projection ran several times slower (strided reads).
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = self._rows_of_pe(image_pe)
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         return ImageTokens(keys, key_pe, *self.layers[0].image_projections(keys, key_pe))
-
-    def _rows_of_pe(self, image_pe: torch.Tensor) -> torch.Tensor:
-        """``1 x C x h x w`` -> ``1 x hw x C``; the last one is kept: the predictors of one model
-        share their pe tensor (``engine.predictor.shared_dense_pe``), so one copy serves all."""
-        last = self.__dict__.get("_pe_rows")
-        if last is not None and last[0] is image_pe:
-            return last[1]
-        rows = image_pe.flatten(2).transpose(1, 2).contiguous()
-        if not torch.is_grad_enabled() or not image_pe.requires_grad:
-            self.__dict__["_pe_rows"] = (image_pe, rows)
-        return rows
 
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
