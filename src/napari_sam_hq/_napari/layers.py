@@ -217,18 +217,26 @@ class LayerLabels(LabelVolume):
             self._redo.clear()
 
 
+def _plane_axes(layer: napari.layers.Labels):
+    """``({non-displayed data axis: index on screen}, [the two displayed axes, display order])``,
+    or ``None`` outside 2D display or where napari's slice state is not the known one."""
+    try:
+        here = layer._get_pt_not_disp()
+        axes = [a for a in layer._slice.slice_input.order if a not in here]
+    except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
+        return None
+    return (here, axes) if len(axes) == 2 else None
+
+
 def on_screen(layer: napari.layers.Labels, region: tuple[slice, ...], values: np.ndarray):
     """The part of a box written into ``layer.data`` (``region`` in the data frame, its
     ``values``) that lies on the plane on screen: ``(box, plane values)`` in the layer's
     displayed slice (its axes in display order), ``None`` when the box is on another slice,
     ``False`` when that cannot be told (3D display, another napari): redraw the whole layer."""
-    try:
-        here = layer._get_pt_not_disp()  # {non-displayed data axis: index on screen}
-        axes = [a for a in layer._slice.slice_input.order if a not in here]
-    except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
+    found = _plane_axes(layer)
+    if found is None or len(region) != values.ndim:
         return False
-    if len(axes) != 2 or len(region) != values.ndim:
-        return False
+    here, axes = found
     if any(not region[a].start <= here[a] < region[a].stop for a in here):
         return None
     part = values[tuple(here[a] - region[a].start if a in here else slice(None) for a in range(values.ndim))]
@@ -250,10 +258,10 @@ def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:
         if layer.contour > 0 or layer.multiscale or not layer._slicing_state.loaded:
             return False
         image = layer._slice.image
-        here = layer._get_pt_not_disp()
-        axes = [a for a in layer._slice.slice_input.order if a not in here]
-        if len(axes) != 2:
+        found = _plane_axes(layer)
+        if found is None:
             return False
+        here, axes = found
         for box, values in parts:
             image.raw[box] = values  # a copy of the plane (zarr, dask), or a view (numpy: no change)
             image.view[box] = layer.colormap._data_to_texture(values)

@@ -35,8 +35,7 @@ _loaded = False
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """The C library if it is glibc (has ``malloc_trim``), set up once: at most ``ARENA_MAX``
-    arenas from now on."""
+    """The C library if it is glibc (has ``malloc_trim``), loaded once."""
     global _libc, _loaded
     with _lock:
         if not _loaded:
@@ -49,8 +48,6 @@ def _glibc() -> ctypes.CDLL | None:
                 libc.mallopt.restype = ctypes.c_int
             except (OSError, AttributeError):
                 libc = None
-            if libc is not None:
-                libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
             _libc = libc
         return _libc
 
@@ -59,7 +56,8 @@ def limit_arenas() -> bool:
     """At most ``ARENA_MAX`` malloc arenas for threads that allocate from now on (glibc), so
     the workers' freed memory serves each other; an app calls it once, early (the widget
     does). Returns whether the C library took it."""
-    return _glibc() is not None
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, ARENA_MAX))
 
 
 def available() -> bool:
