@@ -50,6 +50,37 @@ def test_prompt_from_mask_is_the_box_and_the_most_interior_pixel():
     assert p["point_coords"].tolist() == [[35, 20]] and p["point_labels"].tolist() == [1]
 
 
+def test_the_interior_point_of_a_huge_mask_is_found_in_bounded_memory():
+    """A disc filling a 3000 x 3000 plane (what random weights answer, or a large nucleus):
+    the point is a pixel of the mask near its centre; the search's numpy allocations
+    (tracemalloc, a fresh process) stay near the 1 Mpx budget, where the whole-box distance
+    transform took ~16 bytes a pixel (144 MB here)."""
+    import subprocess
+    import sys
+
+    yy, xx = np.ogrid[:3000, :3000]
+    disc = (yy - 1400) ** 2 + (xx - 1600) ** 2 <= 1300**2
+    p = prompt_from_mask(disc)
+    (x, y), = p["point_coords"].astype(int).tolist()
+    assert disc[y, x] and abs(x - 1600) <= 3 and abs(y - 1400) <= 3
+    assert p["box"].tolist() == [300, 100, 2900, 2700]
+    code = (
+        "import tracemalloc, numpy as np\n"
+        "from napari_sam_hq.engine.propagation import prompt_from_mask\n"
+        "mask = np.ones((3000, 3000), bool); mask[0] = False\n"
+        "tracemalloc.start(); prompt_from_mask(mask); print(tracemalloc.get_traced_memory()[1] / 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) < 40, f"prompt_from_mask peaked at {float(out):.0f} MB"
+
+
+def test_a_sparse_huge_mask_falls_back_to_every_pixel():
+    mask = np.zeros((2000, 2000), bool)
+    mask[1::4, 1::4] = True  # every 4th pixel: a stride-2 grid would see none of it
+    (x, y), = prompt_from_mask(mask)["point_coords"].astype(int).tolist()
+    assert mask[y, x]
+
+
 def test_one_ellipsoid_from_its_middle_slice_stops_where_it_ends():
     image, truth = ellipsoid_volume((30, 128, 128), (((14, 64, 64), (9, 40, 30)),), seed=1)
     labels, found = _propagate(image, truth, {1: [14]})
