@@ -263,8 +263,7 @@ def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:
             return False
         here, axes = found
         for box, values in parts:
-            image.raw[box] = values  # a copy of the plane (zarr, dask), or a view (numpy: no change)
-            image.view[box] = layer.colormap._data_to_texture(values)
+            _draw_box(layer, image, box, values)
             full = [slice(here[a], here[a] + 1) if a in here else None for a in range(layer.ndim)]
             for a, b in zip(axes, box, strict=True):
                 full[a] = b
@@ -273,3 +272,29 @@ def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:
     except Exception:  # noqa: BLE001 - another napari: the caller redraws the whole layer
         return False
     return True
+
+
+def _draw_box(layer: napari.layers.Labels, image: Any, box: tuple[slice, ...], values: np.ndarray) -> None:
+    """Put ``values`` into napari's slice (``raw``, and the colour texture ``view``) in ``box``.
+    Only the pixels that changed are coloured: a commit changes pixels to one label, and
+    colouring a whole 1024 x 1024 box costs napari's modulo ~40 ms (numpy) per write. ``raw``
+    is a copy of the plane (zarr, dask), or a view of the data (numpy: already written)."""
+    raw, view = image.raw[box], image.view[box]
+    data = layer.data
+    if raw.shape != values.shape or (isinstance(data, np.ndarray) and np.may_share_memory(raw, data)):
+        changed = None  # numpy data: raw already holds the new values; nothing to compare with
+    else:
+        changed = raw != values
+    if changed is None or changed.mean() > 0.5:
+        image.raw[box] = values
+        image.view[box] = layer.colormap._data_to_texture(values)
+        return
+    new = values[changed]
+    if not new.size:
+        return
+    raw[changed] = new
+    lo, hi = new.min(), new.max()
+    if lo == hi:  # one label (commits, propagation, undo of one object): one colour
+        view[changed] = layer.colormap._data_to_texture(np.array([lo], values.dtype))[0]
+    else:
+        view[changed] = layer.colormap._data_to_texture(new)
