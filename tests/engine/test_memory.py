@@ -39,3 +39,32 @@ def test_trim_gives_freed_heap_memory_back():
 def test_trim_and_limit_are_safe_to_call_anywhere():
     assert memory.limit_arenas() == memory.available()
     assert memory.trim() in (True, False)
+    assert memory.trim_if_grown() in (True, False)
+
+
+GROWTH = """
+import numpy as np
+from napari_sam_hq.engine import memory
+
+def rss():
+    return memory.resident_bytes() / 2**20
+
+memory.trim()  # the floor: here
+small = memory.trim_if_grown(64)  # nothing grew
+blocks = [np.ones(8192) for _ in range(4096)]  # 256 MB of heap blocks, freed but the last
+last = blocks[-1]
+del blocks
+before = rss()
+grown = memory.trim_if_grown(64)
+after = rss()
+again = memory.trim_if_grown(64)  # the floor moved down with the trim
+print(small, grown, again, before, after)
+"""
+
+
+@pytest.mark.skipif(not memory.available(), reason="malloc_trim is glibc's (Linux)")
+def test_trim_if_grown_trims_only_past_the_margin():
+    out = subprocess.run([sys.executable, "-c", GROWTH], capture_output=True, text=True, check=True).stdout
+    small, grown, again, before, after = out.split()
+    assert (small, grown, again) == ("False", "True", "False")
+    assert float(before) - float(after) > 150, f"RSS {before} MB -> {after} MB"

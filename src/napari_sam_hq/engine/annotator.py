@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from . import memory
 from .labels import LabelVolume, mask_box
 from .orientation import Orientation
 from .session import ObjectMask, SegmentationSession, SliceKey
@@ -345,6 +346,7 @@ class Annotator:
         with self._lock:
             if orientation == self.orientation:
                 self.preview, self.waiting = preview, waiting
+        memory.trim_if_grown()  # decodes leave freed heap behind (engine/memory.py)
         return preview, errors
 
     def preview_crop(self, key: SliceKey) -> tuple[tuple[int, int], np.ndarray] | None:
@@ -417,6 +419,7 @@ class Annotator:
                         if label not in written:
                             written.append(label)
         self.clear()
+        memory.trim_if_grown()
         return written
 
     def correct(self, label: int, preview: Preview | None = None, *, overwrite: bool = False) -> list[SliceKey]:
