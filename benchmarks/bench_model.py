@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py            # vit_b and vit_tiny, all implementations
     python benchmarks/bench_model.py --quick    # fewer repeats
+    python benchmarks/bench_model.py --models vit_tiny --rounds 5
 
 Each implementation runs in its own subprocess (so its peak RSS is its own) on the same
 seeded random checkpoint in the official format. The machine's speed drifts (memory-bound
@@ -175,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=("vit_b", "vit_tiny"), default=("vit_b", "vit_tiny"))
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -194,6 +196,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
     with tempfile.TemporaryDirectory() as tmp:
         for name, prompts in (("vit_b", True), ("vit_tiny", False)):
+            if name not in args.models:
+                continue
             pth, hf_dir = _make_checkpoints(Path(tmp), name)
             rounds = 1 if args.quick else args.rounds
             print(f"\n{name}: {rounds} alternating rounds, median of {repeats} calls each (prompts x5), 1024 x 1024")

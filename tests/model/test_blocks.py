@@ -298,6 +298,32 @@ def test_tiny_vit_bands_equal_the_whole_image(monkeypatch, band_bytes):
     assert_close(banded_block, whole_block, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("band_bytes", [1, 3000], ids=["row-bands", "few-row-bands"])
+@pytest.mark.parametrize("size", [(16, 16), (13, 10), (9, 7)], ids=["even", "odd-rows", "odd"])
+def test_tiny_vit_strided_convolutions_in_bands_equal_the_whole_image(monkeypatch, band_bytes, size):
+    """The patch embedding (two stride-2 3 x 3 convolutions) and patch merging (stride 2
+    and 1, image or token input) by bands of output rows with their halo rows: the
+    whole-image numbers, the zero padding at the top and bottom included."""
+    from napari_sam_hq.model import tiny_vit as tv
+
+    h, w = size
+    embed = _randomise(tv.PatchEmbed(in_chans=3, embed_dim=8), seed=14).eval()
+    merges = [_randomise(tv.PatchMerging(input_resolution=size, dim=4, out_dim=6, stride=s), seed=15 + s).eval()
+              for s in (2, 1)]
+    image = torch.randn(2, 3, 4 * h, 4 * w + 1).contiguous(memory_format=torch.channels_last)
+    grid = torch.randn(2, 4, h, w).contiguous(memory_format=torch.channels_last)
+    tokens = torch.randn(1, h * w, 4)
+    with torch.inference_mode():
+        monkeypatch.setattr(tv, "_BAND_BYTES", 2**40)
+        whole = [embed(image), *(m(x) for m in merges for x in (grid, tokens))]
+        monkeypatch.setattr(tv, "_BAND_BYTES", band_bytes)
+        banded = [embed(image), *(m(x) for m in merges for x in (grid, tokens))]
+    assert banded[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(banded, whole, strict=True):
+        assert a.shape == b.shape
+        assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- the GPU path, run on the CPU
 
 

@@ -65,9 +65,47 @@ class PatchEmbed(nn.Module):
             nn.GELU(),
             Conv2dBN(embed_dim // 2, embed_dim, ks=3, stride=2, pad=1),
         )
+        self.banded = True  # the compute path (build.set_compute_path): bands on CPUs, whole tensors on GPUs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        """``B x C x H x W`` -> ``B x C0 x H/4 x W/4``, a band of output rows at a time when
+        ``banded``: the middle activation (``B x C0/2 x 512 x 512``, 34 MB at 1024 x 1024)
+        was the encoder's largest tensor, mapped and zero-filled anew on every call, and
+        ~80 MB of the encoder's ~170 MB working set. Same numbers as the whole image."""
+        conv1, act, conv2 = self.seq
+        b, _, h, w = x.shape
+        h1, w1 = (h + 1) // 2, (w + 1) // 2  # after conv1 (kernel 3, stride 2, padding 1)
+        h2 = (h1 + 1) // 2
+        mid_row = b * conv1.c.out_channels * w1 * x.element_size()
+        rows = max(1, (_BAND_BYTES // mid_row - 1) // 2)  # output rows per band
+        if rows >= h2 or not self.banded:
+            return self.seq(x)
+        out = None
+        for r0 in range(0, h2, rows):
+            r1 = min(h2, r0 + rows)
+            # output row j reads middle rows 2j-1 .. 2j+1, middle row i reads input rows 2i-1 .. 2i+1
+            m0, m1 = max(0, 2 * r0 - 1), min(h1, 2 * r1)
+            mid = act(_conv_rows(conv1, x, 2 * m0 - 1, 2 * m1))
+            band = _conv_rows(conv2, mid, 2 * r0 - 1 - m0, 2 * r1 - m0)
+            if out is None:
+                out = band.new_empty((b, band.shape[1], h2, band.shape[3])).contiguous(
+                    memory_format=torch.channels_last)
+            out[:, :, r0:r1] = band
+        return out
+
+
+def _conv_rows(cbn: Conv2dBN, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``cbn`` (3 x 3, padding 1, any stride and groups) for the output rows whose input
+    rows run from ``lo`` to ``hi`` (exclusive, in ``x``'s rows; -1 and ``H`` are the zero
+    padding): ``(hi - lo - 3) // stride + 1`` rows."""
+    conv = cbn.c
+    h = x.shape[2]
+    top, bottom = max(0, -lo), max(0, hi - h)
+    x = x[:, :, max(0, lo) : min(h, hi)]
+    if top or bottom:
+        x = F.pad(x, (0, 0, top, bottom)).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation, conv.groups)
+    return cbn.bn(y)
 
 
 class MBConv(nn.Module):
@@ -120,13 +158,35 @@ class PatchMerging(nn.Module):
         self.conv1 = Conv2dBN(dim, out_dim)
         self.conv2 = Conv2dBN(out_dim, out_dim, ks=3, stride=stride, pad=1, groups=out_dim)
         self.conv3 = Conv2dBN(out_dim, out_dim)
+        self.banded = True  # the compute path (build.set_compute_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x C x H x W`` or tokens ``B x N x C`` -> tokens ``B x N' x C_out``; a band of
+        output rows at a time when ``banded`` (the expanded activation before the depthwise
+        convolution is 34 MB at stage 0, twice with its GELU); same numbers."""
         if x.ndim == 3:
             h, w = self.input_resolution
             # B N C -> B C H W
             x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
-        x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+        b, _, h, w = x.shape
+        stride = self.conv2.c.stride[0]
+        h2 = (h - 1) // stride + 1  # kernel 3, padding 1
+        mid_row = b * self.conv1.c.out_channels * w * x.element_size()
+        rows = max(1, (_BAND_BYTES // mid_row - 2) // stride)
+        if rows >= h2 or not self.banded:
+            x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+        else:
+            out = None
+            for r0 in range(0, h2, rows):
+                r1 = min(h2, r0 + rows)
+                lo, hi = stride * r0 - 1, stride * (r1 - 1) + 2  # input rows; -1 and H: padding
+                mid = self.act(self.conv1(x[:, :, max(0, lo) : min(h, hi)]))
+                band = self.conv3(self.act(_conv_rows(self.conv2, mid, lo - max(0, lo), hi - max(0, lo))))
+                if out is None:
+                    out = band.new_empty((b, band.shape[1], h2, band.shape[3])).contiguous(
+                        memory_format=torch.channels_last)
+                out[:, :, r0:r1] = band
+            x = out
         # B C H W -> B H W C -> B N C (no copy when x is channels-last)
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
