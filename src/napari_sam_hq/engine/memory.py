@@ -83,7 +83,9 @@ def trim() -> bool:
     if libc is None:
         return False
     released = bool(libc.malloc_trim(0))
-    _floor = resident_bytes()
+    now = resident_bytes()
+    with _lock:
+        _floor = now
     return released
 
 
@@ -112,8 +114,5 @@ def trim_if_grown(margin_mb: float = GROWTH_MB) -> bool:
             _floor = now
         if now - _floor <= margin_mb * 2**20:
             return False
-    trim()
-    after = resident_bytes()
-    with _lock:
-        _floor = after if after is not None else now
+    trim()  # moves the floor to what is resident after it
     return True

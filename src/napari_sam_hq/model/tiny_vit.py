@@ -14,7 +14,7 @@ time, which goes stale when weights are loaded afterwards.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,18 +80,28 @@ class PatchEmbed(nn.Module):
         rows = max(1, (_BAND_BYTES // mid_row - 1) // 2)  # output rows per band
         if rows >= h2 or not self.banded:
             return self.seq(x)
-        out = None
-        for r0 in range(0, h2, rows):
-            r1 = min(h2, r0 + rows)
+
+        def band(r0: int, r1: int) -> torch.Tensor:
             # output row j reads middle rows 2j-1 .. 2j+1, middle row i reads input rows 2i-1 .. 2i+1
             m0, m1 = max(0, 2 * r0 - 1), min(h1, 2 * r1)
             mid = act(_conv_rows(conv1, x, 2 * m0 - 1, 2 * m1))
-            band = _conv_rows(conv2, mid, 2 * r0 - 1 - m0, 2 * r1 - m0)
-            if out is None:
-                out = band.new_empty((b, band.shape[1], h2, band.shape[3])).contiguous(
-                    memory_format=torch.channels_last)
-            out[:, :, r0:r1] = band
-        return out
+            return _conv_rows(conv2, mid, 2 * r0 - 1 - m0, 2 * r1 - m0)
+
+        return _row_bands(band, h2, rows)
+
+
+def _row_bands(band: Callable[[int, int], torch.Tensor], h: int, rows: int) -> torch.Tensor:
+    """``B x C x h x W`` (channels-last) filled ``rows`` output rows at a time by
+    ``band(r0, r1)``, which returns rows ``r0`` to ``r1`` (exclusive)."""
+    out = None
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        part = band(r0, r1)
+        if out is None:
+            out = part.new_empty((part.shape[0], part.shape[1], h, part.shape[3])).contiguous(
+                memory_format=torch.channels_last)
+        out[:, :, r0:r1] = part
+    return out
 
 
 def _conv_rows(cbn: Conv2dBN, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -176,17 +186,12 @@ class PatchMerging(nn.Module):
         if rows >= h2 or not self.banded:
             x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
         else:
-            out = None
-            for r0 in range(0, h2, rows):
-                r1 = min(h2, r0 + rows)
+            def band(r0: int, r1: int) -> torch.Tensor:
                 lo, hi = stride * r0 - 1, stride * (r1 - 1) + 2  # input rows; -1 and H: padding
                 mid = self.act(self.conv1(x[:, :, max(0, lo) : min(h, hi)]))
-                band = self.conv3(self.act(_conv_rows(self.conv2, mid, lo - max(0, lo), hi - max(0, lo))))
-                if out is None:
-                    out = band.new_empty((b, band.shape[1], h2, band.shape[3])).contiguous(
-                        memory_format=torch.channels_last)
-                out[:, :, r0:r1] = band
-            x = out
+                return self.conv3(self.act(_conv_rows(self.conv2, mid, lo - max(0, lo), hi - max(0, lo))))
+
+            x = _row_bands(band, h2, rows)
         # B C H W -> B H W C -> B N C (no copy when x is channels-last)
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
