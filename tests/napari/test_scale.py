@@ -85,6 +85,9 @@ def test_prompt_cost_is_one_plane_preview_shows_on_its_slice_only(make_napari_vi
     assert not preview.visible  # no prompts on slice 13
     viewer.dims.set_current_step(0, 12)
     assert preview.visible
+    assert widget.commit()
+    assert not preview.visible and preview.data.size == 1  # a committed preview's pixels are let go
+    widget.wait(timeout=WAIT)  # the neighbours' prefetch, before the viewer closes
 
 
 def test_transposed_view_segments_the_displayed_plane(make_napari_viewer, qtbot, checkpoint):

@@ -756,6 +756,9 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         crop = ann.preview_crop(here) if ann.orientation == orientation else None
         if crop is None:
             preview.visible = False
+            if preview.data.size > 1:  # let go of the pixels (and napari's textures of them):
+                # a whole-plane preview on a 4096 x 4096 plane held ~100 MB after its commit
+                preview.data = np.zeros((1,) * ndim, preview.data.dtype)
             return
         (y0, x0), pixels = crop
         start = np.zeros(ndim)
