@@ -77,8 +77,13 @@ def open_labels_zarr(path: str | Path, shape: tuple[int, ...], *, dtype: Any = n
     if not create:
         raise FileNotFoundError(f"no saved labels at {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from zarr.codecs import BloscCodec
+
+    # lz4 on bit planes: label chunks (few ids, long runs) come out half the size of zarr's
+    # default zstd and write ~25% faster (2048 x 2048 plane, 16 chunks: 29-35 vs 38-51 ms)
     array = zarr.create_array(
-        str(path), shape=shape, chunks=labels_chunks(shape), dtype=dtype, fill_value=0, overwrite=False
+        str(path), shape=shape, chunks=labels_chunks(shape), dtype=dtype, fill_value=0, overwrite=False,
+        compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")],
     )
     array.attrs[ATTRS_KEY] = {"format": LABELS_FORMAT, "next_label": 1, "extents": {}, "seeds": {}}
     return array
