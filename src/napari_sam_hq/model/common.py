@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 T = TypeVar("T")
 
 
@@ -53,4 +55,4 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        return kernels.linear(kernels.linear(x, self.lin1, act=self.act), self.lin2)

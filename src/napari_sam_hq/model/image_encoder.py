@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .common import LayerNorm2d, MLPBlock, exhaust
 
 # The global attention's relative-position bias is built and consumed a band at a time:
@@ -186,7 +187,7 @@ class Block(nn.Module):
         x_rows, attn_rows, out_rows = x.view(-1, c), attn.view(-1, c), out.view(-1, c)
         for r0 in range(0, x_rows.shape[0], _ROWS):
             band = out_rows[r0 : r0 + _ROWS]
-            torch.add(x_rows[r0 : r0 + _ROWS], self.attn.proj(attn_rows[r0 : r0 + _ROWS]), out=band)
+            torch.add(x_rows[r0 : r0 + _ROWS], kernels.linear(attn_rows[r0 : r0 + _ROWS], self.attn.proj), out=band)
             band += self.mlp(self.norm2(band))
         return out
 
@@ -224,7 +225,7 @@ class Attention(nn.Module):
             for r0 in range(0, n, _ROWS):
                 r1 = min(n, r0 + _ROWS)
                 # rows 3C -> rows 3 heads d -> 3 heads rows d
-                qkv = self.qkv(rows[i, r0:r1]).view(r1 - r0, 3, self.num_heads, -1).permute(1, 2, 0, 3)
+                qkv = kernels.linear(rows[i, r0:r1], self.qkv).view(r1 - r0, 3, self.num_heads, -1).permute(1, 2, 0, 3)
                 q[i, :, r0:r1], k[i, :, r0:r1], v[i, :, r0:r1] = qkv
         return q, k, v
 
@@ -240,7 +241,7 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         ws = window_size
         nw = -(-w // ws)
-        qkv = self.qkv(x)
+        qkv = kernels.linear(x, self.qkv)
         if h < ws or w < nw * ws:
             padded = self.qkv.bias.expand(b, ws, nw * ws, -1).clone()
             padded[:, :h, :w] = qkv
