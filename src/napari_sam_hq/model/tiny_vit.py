@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .common import LayerNorm2d, exhaust
 
 # Bytes of the widest intermediate (an MBConv's expanded activation, an MLP's hidden layer)
 # computed at once. The whole-image tensors are 34-67 MB at 1024 x 1024, above glibc's
 # 32 MB mmap threshold: each was mapped and zero-filled anew on every call, which made
 # ~35% of this encoder's time here (measured on 2 cores).
-_BAND_BYTES = 8 * 2**20
+_BAND_BYTES = 4 * 2**20
 
 
 class Conv2dBN(nn.Sequential):
@@ -53,6 +54,24 @@ class Conv2dBN(nn.Sequential):
         self.c.weight.mul_(scale[:, None, None, None])
         self.c.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
         self.bn = nn.Identity()
+
+    def fused(
+        self, x: torch.Tensor, *, act: nn.Module | None = None, padding: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """``act(self(x))``, ``padding`` replacing the convolution's own; one fused call on
+        CPUs once the BatchNorm is folded (``model.kernels``)."""
+        if isinstance(self.bn, nn.Identity):
+            return kernels.conv(x, self.c, act=act, padding=padding)
+        c = self.c
+        y = self.bn(F.conv2d(x, c.weight, c.bias, c.stride, c.padding if padding is None else padding,
+                             c.dilation, c.groups))
+        return y if act is None else act(y)
+
+    def fused_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``, one fused call on CPUs once the BatchNorm is folded."""
+        if isinstance(self.bn, nn.Identity):
+            return kernels.conv_add(x, residual, self.c)
+        return residual + self(x)
 
 
 class PatchEmbed(nn.Module):
@@ -84,10 +103,17 @@ class PatchEmbed(nn.Module):
         def band(r0: int, r1: int) -> torch.Tensor:
             # output row j reads middle rows 2j-1 .. 2j+1, middle row i reads input rows 2i-1 .. 2i+1
             m0, m1 = max(0, 2 * r0 - 1), min(h1, 2 * r1)
-            mid = act(_conv_rows(conv1, x, 2 * m0 - 1, 2 * m1))
+            mid = _conv_rows(conv1, x, 2 * m0 - 1, 2 * m1, act=act)
             return _conv_rows(conv2, mid, 2 * r0 - 1 - m0, 2 * r1 - m0)
 
         return _row_bands(band, h2, rows)
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    """``x``'s memory format: channels-last or contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _row_bands(band: Callable[[int, int], torch.Tensor], h: int, rows: int) -> torch.Tensor:
@@ -98,24 +124,25 @@ def _row_bands(band: Callable[[int, int], torch.Tensor], h: int, rows: int) -> t
         r1 = min(h, r0 + rows)
         part = band(r0, r1)
         if out is None:
-            out = part.new_empty((part.shape[0], part.shape[1], h, part.shape[3])).contiguous(
-                memory_format=torch.channels_last)
+            # (made channels-last directly: .contiguous() of a fresh tensor copied its 16 MB)
+            out = torch.empty((part.shape[0], part.shape[1], h, part.shape[3]), dtype=part.dtype,
+                              device=part.device, memory_format=torch.channels_last)
         out[:, :, r0:r1] = part
     return out
 
 
-def _conv_rows(cbn: Conv2dBN, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """``cbn`` (3 x 3, padding 1, any stride and groups) for the output rows whose input
-    rows run from ``lo`` to ``hi`` (exclusive, in ``x``'s rows; -1 and ``H`` are the zero
-    padding): ``(hi - lo - 3) // stride + 1`` rows."""
-    conv = cbn.c
+def _conv_rows(
+    cbn: Conv2dBN, x: torch.Tensor, lo: int, hi: int, *, act: nn.Module | None = None
+) -> torch.Tensor:
+    """``act(cbn(...))`` (3 x 3, padding 1, any stride and groups) for the output rows whose
+    input rows run from ``lo`` to ``hi`` (exclusive, in ``x``'s rows; -1 and ``H`` are the
+    zero padding): ``(hi - lo - 3) // stride + 1`` rows."""
     h = x.shape[2]
     top, bottom = max(0, -lo), max(0, hi - h)
     x = x[:, :, max(0, lo) : min(h, hi)]
     if top or bottom:
         x = F.pad(x, (0, 0, top, bottom)).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation, conv.groups)
-    return cbn.bn(y)
+    return cbn.fused(x, act=act, padding=(0, cbn.c.padding[1]))
 
 
 class MBConv(nn.Module):
@@ -152,8 +179,10 @@ class MBConv(nn.Module):
         return out
 
     def _block(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act2(self.conv2(self.act1(self.conv1(x))))
-        return self.act3(self.conv3(y) + x)
+        y = self.conv2.fused(self.conv1.fused(x, act=self.act1), act=self.act2)
+        # the residual in the convolution's own memory format (channels-last here)
+        y = self.conv3.fused_add(y, x.contiguous(memory_format=_format_of(x)))
+        return torch.ops.aten.gelu_(y, approximate=self.act3.approximate)
 
 
 class PatchMerging(nn.Module):
@@ -188,8 +217,8 @@ class PatchMerging(nn.Module):
         else:
             def band(r0: int, r1: int) -> torch.Tensor:
                 lo, hi = stride * r0 - 1, stride * (r1 - 1) + 2  # input rows; -1 and H: padding
-                mid = self.act(self.conv1(x[:, :, max(0, lo) : min(h, hi)]))
-                return self.conv3(self.act(_conv_rows(self.conv2, mid, lo - max(0, lo), hi - max(0, lo))))
+                mid = self.conv1.fused(x[:, :, max(0, lo) : min(h, hi)], act=self.act)
+                return self.conv3.fused(_conv_rows(self.conv2, mid, lo - max(0, lo), hi - max(0, lo), act=self.act))
 
             x = _row_bands(band, h2, rows)
         # B C H W -> B H W C -> B N C (no copy when x is channels-last)
@@ -234,7 +263,11 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return kernels.linear(kernels.linear(self.norm(x), self.fc1, act=self.act), self.fc2)
+
+    def add_to(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + self(x)``, the residual added inside the last product on CPUs."""
+        return kernels.linear_add(kernels.linear(self.norm(x), self.fc1, act=self.act), x, self.fc2)
 
 
 def _offset_indices(resolution: int, device: torch.device | None = None) -> torch.Tensor:
@@ -292,7 +325,7 @@ class Attention(nn.Module):
         chunk = max(1, _BAND_BYTES // (n * self.qkv.out_features * x.element_size()))
         for w0 in range(0, b, chunk):
             w1 = min(b, w0 + chunk)
-            qkv = self.qkv(self.norm(x[w0:w1]))
+            qkv = kernels.linear(self.norm(x[w0:w1]), self.qkv)
             # b N (heads 3d) -> b N heads 3d -> split -> b heads N d
             q, k, v = (
                 t.transpose(1, 2)
@@ -300,7 +333,7 @@ class Attention(nn.Module):
             )
             scores = torch.matmul(q * self.key_dim**-0.5, k.transpose(-2, -1)) + bias
             attn = torch.matmul(scores.softmax(dim=-1), v)
-            out[w0:w1] = self.proj(attn.transpose(1, 2).reshape(w1 - w0, n, -1))
+            out[w0:w1] = kernels.linear(attn.transpose(1, 2).reshape(w1 - w0, n, -1), self.proj)
         return out
 
 
@@ -346,8 +379,10 @@ class TinyViTBlock(nn.Module):
             y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
             attn = y[:, :h, :w].reshape(b, n, c)
         x = x + attn
-        # B N C -> B C H W -> local conv -> B N C
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        # B N C -> B H W C -> B C H W, a channels-last view; the depthwise convolution keeps
+        # that layout, so its output is tokens again without a copy either way
+        x = self.local_conv.fused(x.view(b, h, w, c).permute(0, 3, 1, 2))
+        x = x.permute(0, 2, 3, 1).reshape(b, n, c)  # B C H W -> B H W C -> B N C
         if not self.banded:
             return x + self.mlp(x)
         # x + mlp(x), a band of tokens at a time (its hidden layer is 4x wider than x)
@@ -355,8 +390,7 @@ class TinyViTBlock(nn.Module):
         rows = max(1, _BAND_BYTES // (self.mlp.fc1.out_features * x.element_size()))
         for i in range(b):
             for r0 in range(0, n, rows):
-                band = x[i, r0 : r0 + rows]
-                torch.add(band, self.mlp(band), out=out[i, r0 : r0 + rows])
+                out[i, r0 : r0 + rows] = self.mlp.add_to(x[i, r0 : r0 + rows])
         return out
 
 
