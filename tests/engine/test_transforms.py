@@ -152,6 +152,58 @@ def test_logits_to_original_dense_path_equals_the_banded_one():
         assert torch.equal(masks[sure], (banded > 0.5)[sure])
 
 
+def _low_res_cases() -> dict[str, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    dot = torch.full((256, 256), -5.0)
+    dot[37, 201] = 3.0  # one low-res pixel: smaller than a block
+    return {
+        "cell": 12 - ((yy - 100) ** 2 + (xx - 130) ** 2).sqrt(),
+        "large object": 90 - ((yy - 120) ** 2 + (xx - 110) ** 2).sqrt(),
+        "dot": dot,
+        "speckle": 8 * torch.randn(256, 256, generator=torch.Generator().manual_seed(2)),
+        "empty": torch.full((256, 256), -1.0),
+        "full": torch.full((256, 256), 1.0),
+        "stripes": 4 * torch.sin(xx / 9) + 0.1 * yy - 12,
+    }
+
+
+@pytest.mark.parametrize("hw", [(1500, 2000), (777, 1203), (4000, 300), (64, 64), (1, 5)])
+@pytest.mark.parametrize("threshold", [0.0, 0.7])
+def test_masks_skip_decided_blocks_and_equal_the_thresholded_logits(hw, threshold):
+    """The CPU masks path fills blocks whose low-res logits are all on one side of the
+    threshold and computes the rest: the same masks as thresholding the full logits,
+    for objects smaller than a block, larger than many, speckle and empty planes."""
+    frames = Frames.for_image(*hw)
+    cases = _low_res_cases()
+    low = torch.stack(list(cases.values()))[None]  # 1 x cases x 256 x 256
+    logits = frames.logits_to_original(low, banded=True)
+    masks = frames.masks_to_original(low, threshold)
+    sure = (logits - threshold).abs() > 1e-4
+    for i, name in enumerate(cases):
+        assert torch.equal(masks[0, i][sure[0, i]], (logits[0, i] > threshold)[sure[0, i]]), name
+    assert not masks[0, 4].any() and masks[0, 5].all()
+    if min(hw) >= 777:  # the dot survives the resize (it averages away on small images)
+        assert masks[0, 2].any() and masks[0, 2].sum() < 30**2
+
+
+def test_masks_of_a_cell_compute_a_few_blocks():
+    """A cell on a 2048 x 2048 plane: most of the plane is decided from the low-res
+    logits; the full-size products run for the blocks around its edge only."""
+    from torch.profiler import ProfilerActivity, profile
+
+    frames = Frames.for_image(2048, 2048)
+    cases = _low_res_cases()
+
+    def products(low: torch.Tensor) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            frames.masks_to_original(low[None, None], 0.0)
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::matmul"))
+
+    cell, speckle = products(cases["cell"]), products(cases["speckle"])
+    assert 0 < cell < speckle / 4
+    assert products(cases["empty"]) == products(cases["full"]) == 0
+
+
 @pytest.mark.parametrize(
     "image, limits",
     [

@@ -184,9 +184,56 @@ class Frames:
         self, low_res: torch.Tensor, threshold: float, *, banded: bool | None = None
     ) -> torch.Tensor:
         """``logits_to_original(low_res) > threshold`` as ``B x M x H x W`` bool, without the
-        full-size float logits: on the CPU each band is thresholded while it is in cache
-        (a 12 MP mask is 48 MB of float32, written and read again otherwise)."""
-        return self._to_original(low_res, threshold, banded)
+        full-size float logits (a 12 MP mask is 48 MB of float32).
+
+        On the CPU only the blocks of the output where the mask's edge can be are computed.
+        Both matrices are non-negative with rows summing to 1, so an output pixel is a
+        weighted mean of the low-res logits it reads: where all of a block's low-res logits
+        are above the threshold, the whole block is True, where none is, False (blocks of
+        64 x 64 output pixels; a cell-sized object on a 2048 x 2048 plane leaves a few of
+        them to compute). The rest is computed a run of undecided blocks at a time and
+        thresholded while in cache.
+        """
+        if not (low_res.device.type == "cpu" if banded is None else banded):
+            return self._to_original(low_res, threshold, False)
+        return self._masks_by_blocks(low_res, threshold)
+
+    def _masks_by_blocks(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
+        op = resize_operator(self.original_size, self.input_size)
+        x = low_res.reshape(-1, LOW_RES, LOW_RES)[:, : op.rows_used, : op.cols_used]
+        ay, ax = op.matrices(x.device, x.dtype)
+        row_idx, col_idx = op.block_index(x.device)
+        h, w = self.original_size
+        out = torch.empty(x.shape[0], h, w, dtype=torch.bool, device=x.device)
+        xt = x.new_empty(w, op.rows_used)  # (x @ A_x.T).T for one plane: W x rows
+        scratch = x.new_empty(_BAND_ROWS, w)
+        for p in range(x.shape[0]):
+            # per block (row band x column band): the min and max of the low-res logits it reads
+            rows = x[p][row_idx]  # row bands x their low-res rows (padded by repeats) x cols
+            block_min = rows.amin(1)[:, col_idx].amin(2)  # row bands x column bands
+            block_max = rows.amax(1)[:, col_idx].amax(2)
+            undecided = (block_max > threshold) & (block_min <= threshold)
+            if undecided.float().mean() > 0.5:
+                # a speckled mask (as random weights give): every band, as _to_original
+                runs = [[(0, len(op.col_bands) - 1)]] * len(op.row_bands)
+                above = [[False] * len(op.col_bands)] * len(op.row_bands)
+            else:
+                out[p] = False
+                runs = [_runs(flags) for flags in undecided.tolist()]
+                above = (block_min > threshold).tolist()
+            used = sorted({k for band in runs for run in band for k in range(run[0], run[1] + 1)})
+            for k in used:  # the column pass, for the column bands some undecided block needs
+                c0, c1, lo, hi = op.col_bands[k]
+                torch.matmul(ax[c0:c1, lo:hi], x[p, :, lo:hi].T, out=xt[c0:c1])
+            for (r0, r1, lo, hi), flags, band_runs in zip(op.row_bands, above, runs, strict=True):
+                for k0, k1 in _runs(flags):  # whole blocks above the threshold
+                    out[p, r0:r1, op.col_bands[k0][0] : op.col_bands[k1][1]] = True
+                for k0, k1 in band_runs:  # blocks the mask's edge may cross: computed
+                    c0, c1 = op.col_bands[k0][0], op.col_bands[k1][1]
+                    band = scratch[: r1 - r0, : c1 - c0]
+                    torch.matmul(ay[r0:r1, lo:hi], xt[c0:c1, lo:hi].T, out=band)
+                    torch.gt(band, threshold, out=out[p, r0:r1, c0:c1])
+        return out.view(*low_res.shape[:-2], h, w)
 
     def _to_original(self, low_res: torch.Tensor, threshold: float | None, banded: bool | None) -> torch.Tensor:
         op = resize_operator(self.original_size, self.input_size)
@@ -270,6 +317,21 @@ class ResizeOperator:
         self.ay, self.ax = self.ay[:, : self.rows_used], self.ax[:, : self.cols_used]
         self.row_bands, self.col_bands = _bands(self.ay), _bands(self.ax)
         self._tensors: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._blocks: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def block_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``Frames.masks_to_original``'s blocks: the low-res rows each row band reads
+        (``bands x longest``; short bands padded with their last row, which leaves a min or
+        max unchanged), and the same for the column bands."""
+        key = str(device)
+        if key not in self._blocks:
+            def index(bands):
+                longest = max(hi - lo for _, _, lo, hi in bands)
+                return torch.tensor([list(range(lo, hi)) + [hi - 1] * (longest - (hi - lo)) for _, _, lo, hi in bands],
+                                    device=device)
+
+            self._blocks[key] = (index(self.row_bands), index(self.col_bands))
+        return self._blocks[key]
 
     def matrices(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``A_y`` and ``A_x`` as tensors, made once per device and dtype."""
@@ -277,6 +339,18 @@ class ResizeOperator:
         if key not in self._tensors:
             self._tensors[key] = tuple(torch.as_tensor(m, dtype=dtype, device=device) for m in (self.ay, self.ax))
         return self._tensors[key]
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The runs of True in ``flags`` as (first, last) index pairs, inclusive."""
+    runs, start = [], None
+    for k, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = k
+        elif not flag and start is not None:
+            runs.append((start, k - 1))
+            start = None
+    return runs
 
 
 def _bands(m: np.ndarray) -> tuple[tuple[int, int, int, int], ...]:
