@@ -178,7 +178,7 @@ class Frames:
         other devices as two dense products (fewer, larger kernels). ``banded`` overrides
         that choice (tests run both paths on the CPU).
         """
-        return self._to_original(low_res, None, banded)
+        return self._to_original(low_res, banded)
 
     def masks_to_original(
         self, low_res: torch.Tensor, threshold: float, *, banded: bool | None = None
@@ -195,7 +195,7 @@ class Frames:
         thresholded while in cache.
         """
         if not (low_res.device.type == "cpu" if banded is None else banded):
-            return self._to_original(low_res, threshold, False)
+            return self._to_original(low_res, False) > threshold
         return self._masks_by_blocks(low_res, threshold)
 
     def _masks_by_blocks(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -235,30 +235,20 @@ class Frames:
                     torch.gt(band, threshold, out=out[p, r0:r1, c0:c1])
         return out.view(*low_res.shape[:-2], h, w)
 
-    def _to_original(self, low_res: torch.Tensor, threshold: float | None, banded: bool | None) -> torch.Tensor:
+    def _to_original(self, low_res: torch.Tensor, banded: bool | None) -> torch.Tensor:
         op = resize_operator(self.original_size, self.input_size)
         x = low_res.reshape(-1, LOW_RES, LOW_RES)[:, : op.rows_used, : op.cols_used]
         ay, ax = op.matrices(x.device, x.dtype)
         h, w = self.original_size
         if not (x.device.type == "cpu" if banded is None else banded):
-            out = ay @ x @ ax.T
-            if threshold is not None:
-                out = out > threshold
-            return out.view(*low_res.shape[:-2], h, w)
-        dtype = x.dtype if threshold is None else torch.bool
-        out = torch.empty(x.shape[0], h, w, dtype=dtype, device=x.device)
+            return (ay @ x @ ax.T).view(*low_res.shape[:-2], h, w)
+        out = torch.empty(x.shape[0], h, w, dtype=x.dtype, device=x.device)
         xt = x.new_empty(w, op.rows_used)  # (x @ A_x.T).T for one plane: W x rows
-        scratch = x.new_empty(_BAND_ROWS, w) if threshold is not None else None
         for p in range(x.shape[0]):
             for c0, c1, lo, hi in op.col_bands:
                 torch.matmul(ax[c0:c1, lo:hi], x[p, :, lo:hi].T, out=xt[c0:c1])
             for r0, r1, lo, hi in op.row_bands:
-                if scratch is None:
-                    torch.matmul(ay[r0:r1, lo:hi], xt[:, lo:hi].T, out=out[p, r0:r1])
-                else:
-                    band = scratch[: r1 - r0]
-                    torch.matmul(ay[r0:r1, lo:hi], xt[:, lo:hi].T, out=band)
-                    torch.gt(band, threshold, out=out[p, r0:r1])
+                torch.matmul(ay[r0:r1, lo:hi], xt[:, lo:hi].T, out=out[p, r0:r1])
         return out.view(*low_res.shape[:-2], h, w)
 
 

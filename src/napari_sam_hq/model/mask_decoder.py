@@ -110,7 +110,7 @@ class MaskDecoderHQ(nn.Module):
         """Prompt-independent HQ features: ``B x 256 x 64 x 64``, ``B x 64 x 64 x Cv`` -> ``B x 32 x 256 x 256``.
 
         On CPUs (``banded``) both branches run on pixel rows, their transposed convolutions
-        as matrix products (``upscale_2x2_rows``): 20 vs 55 ms for vit_tiny here, where
+        as matrix products (``upscale_2x2_blocks``): 20 vs 55 ms for vit_tiny here, where
         ``ConvTranspose2d`` ran at a third of the machine's matrix-product speed.
         """
         b, _, h, w = image_embeddings.shape
@@ -120,10 +120,9 @@ class MaskDecoderHQ(nn.Module):
             blocks = upscale_2x2_blocks(self.embedding_encoder, emb_rows)
             blocks += upscale_2x2_blocks(self.compress_vit_feat, vit_rows)
             return blocks_to_planes(blocks, (h, w))
-        else:
-            # B H W C -> B C H W
-            vit = early_features.permute(0, 3, 1, 2)
-            hq = self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
+        # B H W C -> B C H W
+        vit = early_features.permute(0, 3, 1, 2)
+        hq = self.embedding_encoder(image_embeddings) + self.compress_vit_feat(vit)
         # Contiguous (the convolutions may leave channels-last memory): every prompt reads
         # it as 32 x HW planes, and a strided copy there cost 3-4 ms per prompt.
         return hq.contiguous()
