@@ -120,3 +120,33 @@ def test_encoders_give_the_same_outputs_without_onednn(request, pair, monkeypatc
         plain_out = model.encode(x)
     for a, b in zip(fused, plain_out, strict=True):
         assert_close(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_softmax_short_equals_softmax_and_is_what_the_decoder_runs():
+    """The decoder's image-to-token softmax over a few tokens: the same values as
+    ``softmax``, large logits too (the max is subtracted), torch's own under autograd, and it
+    is the kernel the two-way transformer runs (no ``aten::_softmax`` over the 4096 rows)."""
+    from napari_sam_hq.model.transformer import Attention
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 4096, 8, 7) * 30 + 500
+    with torch.inference_mode():
+        got = kernels.softmax_short(x)
+    assert_close(got, x.softmax(dim=-1), atol=1e-6, rtol=1e-5)
+    assert torch.isfinite(got).all()
+    leaf = torch.randn(3, 5, requires_grad=True)
+    kernels.softmax_short(leaf).pow(2).sum().backward()  # would fail on the in-place exp
+    assert leaf.grad is not None
+
+    attn = Attention(embedding_dim=64, num_heads=4, downsample_rate=2)
+    rows, tokens = torch.randn(1, 4096, 64), torch.randn(2, 7, 64)
+    k, v = attn.project_k(tokens), attn.project_v(tokens)
+    with torch.inference_mode():
+        p, m = attn.attend_from_rows(k, v, query_rows=rows)
+        ops = _ops_run(lambda: attn.attend_from_rows(k, v, query_rows=rows))
+    assert "aten::_softmax" not in ops
+    # the plain formula: softmax over the tokens of each head, then the values through out_proj
+    q = attn.project_q(rows).expand(2, -1, -1, -1)  # B heads N d
+    plain = torch.softmax(q @ k.transpose(-1, -2) * (k.shape[-1] ** -0.5), dim=-1) @ v
+    plain = attn.out_proj(plain.transpose(1, 2).flatten(2))
+    assert_close(p @ m + attn.out_proj.bias, plain.detach(), atol=1e-5, rtol=1e-4)

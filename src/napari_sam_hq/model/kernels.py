@@ -14,6 +14,8 @@ Why (measured on this project's 2-core AMD EPYC machines, AVX-512, torch 2.13):
   tensors of 8-17 MB that no longer sit in cache.
 
 Swapping ``F.linear`` alone made ViT-B's encoder 10% faster and vit_tiny's 8%.
+
+``softmax_short(x)`` is ``x.softmax(-1)`` for a short last axis (the decoder's few tokens).
 """
 
 from __future__ import annotations
@@ -120,3 +122,17 @@ def conv_add(x: torch.Tensor, residual: torch.Tensor, layer: nn.Conv2d) -> torch
     if _fusable(x, residual, layer.weight):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None, None, [], None)
     return residual + _plain_conv(x, args)
+
+
+def softmax_short(x: torch.Tensor) -> torch.Tensor:
+    """``x.softmax(dim=-1)`` for a short last axis, written out (max, exp, sum, divide).
+
+    The two-way transformer's image-to-token attention takes a softmax over the few tokens
+    (7-10) of each of 4096 rows x 8 heads. PyTorch's CPU kernel runs that shape 6x slower
+    than these four vectorised passes (1 x 4096 x 8 x 7: 1.87 vs 0.31 ms on 2 cores, twice
+    per prompt). Same formula, so the same values up to the order of the sum.
+    """
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return x.softmax(dim=-1)
+    e = torch.sub(x, x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))

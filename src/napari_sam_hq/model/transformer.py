@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .common import MLPBlock
 
 
@@ -111,7 +112,7 @@ class Attention(nn.Module):
             kq = (k @ self.q_proj.weight.view(heads, d, c)).flatten(1, 2)
             kb = (k @ self.q_proj.bias.view(heads, d, 1)).flatten(1)  # B (heads T)
             scores = torch.baddbmm(kb[:, None], query_rows.expand(k.shape[0], -1, -1), kq.transpose(1, 2))
-        p = scores.unflatten(2, (heads, t)).softmax(dim=-1).flatten(2)
+        p = kernels.softmax_short(scores.unflatten(2, (heads, t))).flatten(2)
         # out_proj.weight C x (heads d) -> heads x d x C; (B heads T d) @ (heads d C)
         wo = self.out_proj.weight.t().unflatten(0, (heads, d))
         m = (v @ wo).flatten(1, 2)  # B (heads T) C
