@@ -106,6 +106,36 @@ def test_the_tile_under_the_prompt_is_encoded_first_and_a_cut_mask_is_redone():
     assert ann.session.model.encodes == encodes + 2  # one tile and the coarse pass, not the 8 tiles
 
 
+def test_a_cut_mask_is_shown_first_then_redone_from_the_stored_tile_that_holds_it():
+    """Every tile stored: ``iter_decode`` publishes the first tile's cut answer (what the widget
+    draws at once), then the coarse tile's whole mask; an object that fits its tile is final
+    in the first answer, and a decode where nothing is cut yields nothing."""
+    image, truth = _discs((600, 900), [(190, 450, 150), (520, 80, 30)])
+    ann = _annotator(image, tile_size=384, overlap=128)
+    ann.request([()])
+    ann.request([()], tiles=[ann.session.grid.coarse])
+    _drain(ann)
+    prompts = {(): SlicePrompts(points=[(450, 190), (80, 520)], labels=[1, 1], boxes=[(45, 485, 115, 555)])}
+    rounds = ann.iter_decode(prompts)
+    first = next(rounds)
+    assert ann.preview == first and not ann.waiting  # published: the widget draws ann.preview
+    small, cut = first[()]  # the box around the small disc, then the points outside any box
+    assert not small.pending and cut.pending
+    assert cut.mask.any() and not cut.mask[:, :344].any()  # cut at the tile's edge
+    with pytest.raises(StopIteration) as done:
+        next(rounds)
+    preview, errors = done.value.value
+    assert errors == {} and ann.preview == preview
+    small_final, whole = preview[()]
+    assert np.array_equal(small_final.mask, small.mask)
+    assert not whole.pending and not ann.waiting and ann.pending == 0
+    inter, union = (whole.mask & (truth == 1)).sum(), (whole.mask | (truth == 1)).sum()
+    assert inter / union > 0.9
+    # the same answer as the one-call decode; and nothing cut: no early answer
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(ann.decode(prompts)[0][()], preview[()], strict=True))
+    assert list(ann.iter_decode({(): SlicePrompts(boxes=[(45, 485, 115, 555)])})) == []
+
+
 def test_commit_on_two_slices_points_are_one_object_boxes_are_many():
     stack = np.stack([disc_image((64, 80), [(30, 40, 12)], seed=s)[0] for s in range(5)])
     ann = _annotator(stack)

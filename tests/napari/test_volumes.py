@@ -87,6 +87,42 @@ def test_large_image_is_tiled_and_prompts_work(make_napari_viewer, qtbot, checkp
     assert (viewer.layers[C.LABELS_LAYER].data == new_id).any()
 
 
+def test_a_mask_cut_at_a_tile_edge_is_drawn_at_once_then_redone(make_napari_viewer, qtbot, checkpoint):
+    """Every tile and the coarse pass stored: the first tile's answer is drawn as soon as it
+    is decoded, then the answer of the tile that holds the mask replaces it; a commit made
+    while the second decode runs takes the final answer."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(blob_image(300, 420, seed=3, channels=1), name="big")
+    widget = _widget(viewer, checkpoint)
+    widget.tile_spin.setValue(256)
+    widget.overlap_spin.setValue(64)
+    _embed(qtbot, widget)
+    ann = widget.annotator(layer)
+    ann.request([()], tiles=[ann.session.grid.coarse])
+    _embed(qtbot, widget, keys=[()])
+    point = {"point_coords": [[210.0, 150.0]], "point_labels": [1]}
+    rounds = list(ann.session.iter_segment((), [point], encode=False))
+    assert len(rounds) == 1 and rounds[0][0].pending is not None  # random weights: a cut mask
+    first = rounds[0][0].mask
+    final = ann.session.segment((), [point], encode=False)[0].mask
+    assert not np.array_equal(first, final)
+    preview = viewer.layers[C.PREVIEW_LAYER]
+    drawn = []
+    # every preview drawn (the layer's data is the objects' box; an empty preview is 1 pixel)
+    preview.events.data.connect(lambda _e: preview.data.size > 1 and drawn.append(np.asarray(preview.data) > 0))
+
+    def shown(mask):  # the preview layer's data is the mask's box, placed by translate
+        ys, xs = np.nonzero(mask)
+        return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+    viewer.layers[C.POINTS_LAYER].add([150, 210])
+    qtbot.waitUntil(lambda: len(drawn) >= 1, timeout=TIMEOUT)
+    [ids] = [widget.commit()]  # during or after the second decode: the final answer
+    assert len(drawn) >= 2
+    assert np.array_equal(drawn[0], shown(first)) and np.array_equal(drawn[1], shown(final))
+    np.testing.assert_array_equal(np.asarray(viewer.layers[C.LABELS_LAYER].data) == ids[0], final)
+
+
 def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, checkpoint):
     viewer = make_napari_viewer()
     viewer.add_image(_stack(6), name="stack")

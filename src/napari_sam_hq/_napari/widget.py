@@ -704,6 +704,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
                 self._start_encoding()
             return
         worker = self._decode_job(ann, prompts, self.multimask_check.isChecked(), self.hq_only_check.isChecked())
+        worker.yielded.connect(self._on_first_answers)
         worker.returned.connect(self._on_decoded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_decode_finished)
@@ -713,7 +714,12 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
 
     @thread_worker
     def _decode_job(self, ann: Annotator, prompts, multimask: bool, hq_only: bool):
-        return ann.decode(prompts, multimask_output=multimask, hq_token_only=hq_only)
+        # a mask cut at a tile edge is shown (yielded) while the tile that holds it decodes it again
+        return (yield from ann.iter_decode(prompts, multimask_output=multimask, hq_token_only=hq_only))
+
+    def _on_first_answers(self, _preview) -> None:
+        self._draw_preview()
+        self.status_label.setText("Preview: refining a mask cut at a tile edge…")
 
     def _on_decoded(self, result: tuple) -> None:
         preview, errors = result
@@ -883,6 +889,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
     def commit(self) -> list[int]:
         """Write the previewed objects into the labels layer as new ids (or, with "Commit
         corrects the selected label", into that label); returns the ids. One undo step."""
+        self._settle_decode()
         image = self.image_layer
         ann = self.annotator(image) if image is not None else None
         if ann is None or not ann.preview:
@@ -905,6 +912,15 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         self.clear_prompts()
         self.status_label.setText(message)
         return ids
+
+    def _settle_decode(self) -> None:
+        """Let the decode in flight finish (one decoder pass): a commit then takes its final
+        answer, not a first one cut at a tile edge that is being decoded again."""
+        from qtpy.QtCore import QCoreApplication
+
+        while self._decode_worker is not None:
+            QCoreApplication.processEvents()
+            time.sleep(0.002)
 
     def _labels_layer(self):
         name = self.labels_combo.currentText()

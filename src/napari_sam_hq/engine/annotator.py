@@ -303,11 +303,31 @@ class Annotator:
         queued to encode first (its slice goes to ``waiting``); an object cut at an inner tile
         edge is shown and queued to decode again from the better tile. Returns the preview and
         ``{slice: message}`` for slices whose prompts the engine refused."""
+        rounds = self.iter_decode(prompts, multimask_output=multimask_output, hq_token_only=hq_token_only)
+        while True:
+            try:
+                next(rounds)
+            except StopIteration as done:
+                return done.value
+
+    def iter_decode(
+        self,
+        prompts: dict[SliceKey, SlicePrompts],
+        *,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ) -> Generator[Preview, None, tuple[Preview, dict[SliceKey, str]]]:
+        """``decode`` that shows its first answer early: when an object's mask is cut at an
+        inner tile edge and the tile that holds it whole (or the coarse tile) is stored, the
+        preview of the first tile's answers is published and yielded (a UI draws it) before
+        that second decode runs; then the final preview is published and returned with the
+        errors. A decode in which every object fits its first tile yields nothing."""
         orientation = self.orientation
         session = self.session_for(orientation)
         preview: Preview = {}
         errors: dict[SliceKey, str] = {}
         waiting: set[SliceKey] = set()
+        later: list[tuple[SliceKey, Any, list[dict]]] = []  # slices with a second round to run
         for key, slice_prompts in prompts.items():
             objects = slice_prompts.objects()
             if not objects:
@@ -327,27 +347,50 @@ class Annotator:
                 self.request([key], tiles=list(dict.fromkeys(t for _, t in missing)))
             if not ready:
                 continue
-            try:
-                results = session.segment(
-                    key, [o for o, _ in ready], multimask_output=multimask_output, hq_token_only=hq_token_only,
-                    encode=False, lookup=lookup,
-                )
-            except ValueError as err:
-                errors[key] = str(err)
-                continue
+            ready = [o for o, _ in ready]
+            rounds = session.iter_segment(
+                key, ready, multimask_output=multimask_output, hq_token_only=hq_token_only, encode=False,
+                lookup=lookup,
+            )
+            step = self._round(rounds, key, ready, preview, errors, waiting)
+            if step:
+                later.append((key, rounds, ready))
+        if later:
+            self._publish(orientation, dict(preview), set(waiting))
+            yield dict(preview)
+            for key, rounds, ready in later:
+                while self._round(rounds, key, ready, preview, errors, waiting):
+                    pass
+        self._publish(orientation, preview, waiting)
+        memory.trim_if_grown()  # decodes leave freed heap behind (engine/memory.py)
+        return preview, errors
+
+    def _round(self, rounds, key: SliceKey, objects: list[dict], preview: Preview, errors: dict, waiting: set) -> bool:
+        """One round of ``session.iter_segment`` for slice ``key`` into ``preview``; whether
+        more rounds follow. Cut masks whose better tile is not stored queue that tile."""
+        try:
+            results, more = next(rounds), True
+        except StopIteration as done:
+            results, more = done.value, False
+        except ValueError as err:
+            errors[key] = str(err)
+            preview.pop(key, None)
+            return False
+        if not more:
             better = [r.pending for r in results if r.pending is not None]
             if better:
                 waiting.add(key)
                 self.request([key], tiles=list(dict.fromkeys(better)))
-            preview[key] = [
-                PreviewObject(r.mask, r.score, "box" not in o, r.pending is not None)
-                for r, (o, _) in zip(results, ready, strict=True)
-            ]
+        preview[key] = [
+            PreviewObject(r.mask, r.score, "box" not in o, r.pending is not None)
+            for r, o in zip(results, objects, strict=True)
+        ]
+        return more
+
+    def _publish(self, orientation: Orientation, preview: Preview, waiting: set[SliceKey]) -> None:
         with self._lock:
             if orientation == self.orientation:
                 self.preview, self.waiting = preview, waiting
-        memory.trim_if_grown()  # decodes leave freed heap behind (engine/memory.py)
-        return preview, errors
 
     def preview_crop(self, key: SliceKey) -> tuple[tuple[int, int], np.ndarray] | None:
         """The preview of slice ``key`` as a small label image: ``((y0, x0), h x w uint16)``

@@ -392,6 +392,31 @@ class SegmentationSession:
         stored (``is_stored``); a better tile that is not yet stored is not encoded here:
         the cut mask is returned with that tile as ``pending``, to encode and decode again.
         """
+        rounds = self.iter_segment(key, objects, multimask_output=multimask_output, hq_token_only=hq_token_only,
+                                   encode=encode, lookup=lookup)
+        while True:  # model.common.exhaust, which would import torch with this module
+            try:
+                next(rounds)
+            except StopIteration as done:
+                return done.value
+
+    def iter_segment(
+        self,
+        key: SliceKey,
+        objects: list[dict],
+        *,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+        encode: bool = True,
+        lookup: Callable[[Tile], tuple] | None = None,
+    ) -> Generator[list[ObjectMask], None, list[ObjectMask]]:
+        """``segment`` by rounds: each round decodes every object still to do from its tile.
+
+        After a round that leaves masks cut at an inner tile edge to be decoded again, it
+        yields the masks so far, the cut ones with the tile that answers next as
+        ``pending`` (an interactive preview shows them while that decode runs); returns the
+        final masks. A plane whose objects all fit their first tile never yields.
+        """
         key = self.check_key(key)
         if not objects:
             return []
@@ -428,11 +453,13 @@ class SegmentationSession:
                         nxt = self.grid.choose(extent, exclude=tried[i])
                         if nxt in tried[i]:
                             continue
+                        results[i] = dataclasses.replace(result, pending=nxt)
                         if not encode and not self.is_stored(key, nxt, lookup):
-                            results[i] = dataclasses.replace(result, pending=nxt)
                             continue
                         tile_for[i] = nxt
                         retry.append(i)
+            if retry:
+                yield [r for r in results if r is not None]
             todo = retry
         return [r for r in results if r is not None]
 
