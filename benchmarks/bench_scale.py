@@ -10,7 +10,8 @@ checkpoint in the official format and a fresh store:
   on a 2D 1024 x 1024 image in the widget (median of 20 prompts);
 - stack: a 300 x 2048 x 2048 uint16 dask stack generated lazily (never dense): load the
   model, a point on slice 150 -> the first object on screen; the rest of the plane encoded;
-  20 prompts (prompt -> preview); 5 commits (labels on disk: 5 GB dense); propagate one
+  20 prompts (prompt -> preview on screen, and -> settled: a mask cut at a tile edge is
+  drawn first, then redone from the tile that holds it); 5 commits (labels on disk: 5 GB dense); propagate one
   object over 50 slices; undo;
 - volume: 1000 x 4096 x 4096 uint16 (generated lazily; 67 GB dense labels): objects on
   three distant slices, propagate one over 20 slices, then a new viewer reopens the image
@@ -39,7 +40,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-from bench_volume import _peak_mb  # noqa: E402 - after the path set-up
+from napari_sam_hq.engine.threads import spin_openmp_workers  # noqa: E402 - after the path set-up
+
+spin_openmp_workers()  # before torch loads, as in napari, which loads the plugin first
+
+from bench_volume import _peak_mb  # noqa: E402 - torch, after the OpenMP setting
 
 
 def lazy_volume(shape: tuple[int, ...], chunk: int = 1024, seed: int = 0):
@@ -80,6 +85,7 @@ class Session:
         self.app = QApplication.instance()
         self.tmp = tmp
         self.ckpt = ckpt
+        self.first_preview: list[float] = []
 
     def dock(self):
         _, widget = self.viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
@@ -100,16 +106,29 @@ class Session:
         return time.perf_counter() - t
 
     def prompt(self, point) -> float:
-        """Add a point; seconds until its decode is done and the preview drawn."""
+        """Add a point; seconds until its decode is done and the preview drawn (settled).
+        ``self.first_preview`` gets the seconds until the preview layer first took new data:
+        on a tiled plane a mask cut at a tile edge is drawn then, and redone after."""
         from napari_sam_hq._napari import constants as C
 
         w = self.widget
         w.clear_prompts()
         w.wait()
+        preview = self.viewer.layers[C.PREVIEW_LAYER]
+        first: list[float] = []
+
+        def drawn(_event) -> None:
+            if preview.data.size > 1 and not first:
+                first.append(time.perf_counter() - t)
+
+        preview.events.data.connect(drawn)
         t = time.perf_counter()
         self.viewer.layers[C.POINTS_LAYER].add(point)
         w.wait()
-        return time.perf_counter() - t
+        settled = time.perf_counter() - t
+        preview.events.data.disconnect(drawn)
+        self.first_preview.append(first[0] if first else settled)
+        return settled
 
 
 def part_reference(ckpt: str, tmp: Path) -> dict:
@@ -132,8 +151,10 @@ def part_reference(ckpt: str, tmp: Path) -> dict:
     w.wait()
     rng = np.random.default_rng(0)
     s.prompt(rng.uniform(100, 900, 2))
+    s.first_preview.clear()
     prompts = [s.prompt(rng.uniform(100, 900, 2)) for _ in range(20)]
-    return {"set_image_1024_s": statistics.median(times), "prompt_2d_ms": 1000 * statistics.median(prompts)}
+    return {"set_image_1024_s": statistics.median(times), "prompt_2d_ms": 1000 * statistics.median(prompts),
+            "prompt_2d_first_ms": 1000 * statistics.median(s.first_preview)}
 
 
 def _labels_disk(path: Path) -> tuple[float, int]:
@@ -169,9 +190,11 @@ def part_stack(ckpt: str, tmp: Path) -> dict:
     w.compute_embeddings(keys=[(150,)])
     w.wait()
     rng = np.random.default_rng(1)
-    out["prompt_ms"] = 1000 * statistics.median(
+    s.first_preview.clear()
+    out["prompt_settled_ms"] = 1000 * statistics.median(
         [s.prompt([150, *rng.uniform(200, 1800, 2)]) for _ in range(20)]
     )
+    out["prompt_ms"] = 1000 * statistics.median(s.first_preview)  # prompt -> preview on screen
     commits, cell_commits = [], []
     for i in range(5):
         s.prompt([150, 300 + 300 * i, 400 + 250 * i])
@@ -314,8 +337,10 @@ def main() -> None:
         first, tile = st["first_object_s"], ref["set_image_1024_s"]
         print(
             f"\nstack: first object {first:.2f} s = {first / tile:.2f}x one 1024 set_image ({tile:.2f} s); "
-            f"prompt -> preview {st['prompt_ms']:.0f} ms = {st['prompt_ms'] / ref['prompt_2d_ms']:.2f}x the 2D "
-            f"1024 ({ref['prompt_2d_ms']:.0f} ms); commit median {st['commit_ms']:.0f} ms "
+            f"prompt -> preview {st['prompt_ms']:.0f} ms = {st['prompt_ms'] / ref['prompt_2d_first_ms']:.2f}x the 2D "
+            f"1024 ({ref['prompt_2d_first_ms']:.0f} ms); settled (a cut mask redone) {st['prompt_settled_ms']:.0f} ms "
+            f"= {st['prompt_settled_ms'] / ref['prompt_2d_ms']:.2f}x ({ref['prompt_2d_ms']:.0f} ms); "
+            f"commit median {st['commit_ms']:.0f} ms "
             f"(a cell-sized object: {st['commit_cell_ms']:.0f} ms); "
             f"peak RSS {st['peak_rss_mb']:.0f} MB (napari's dask cache at the end: {st['napari_dask_cache_mb']:.0f} MB)"
         )
