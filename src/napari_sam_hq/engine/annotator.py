@@ -30,7 +30,7 @@ import numpy as np
 from . import memory
 from .labels import LabelVolume, mask_box
 from .orientation import Orientation
-from .session import ObjectMask, SegmentationSession, SliceKey
+from .session import ObjectMask, SegmentationSession, SliceKey, run_rounds
 from .tiling import Tile
 
 
@@ -303,12 +303,7 @@ class Annotator:
         queued to encode first (its slice goes to ``waiting``); an object cut at an inner tile
         edge is shown and queued to decode again from the better tile. Returns the preview and
         ``{slice: message}`` for slices whose prompts the engine refused."""
-        rounds = self.iter_decode(prompts, multimask_output=multimask_output, hq_token_only=hq_token_only)
-        while True:
-            try:
-                next(rounds)
-            except StopIteration as done:
-                return done.value
+        return run_rounds(self.iter_decode(prompts, multimask_output=multimask_output, hq_token_only=hq_token_only))
 
     def iter_decode(
         self,
@@ -352,8 +347,7 @@ class Annotator:
                 key, ready, multimask_output=multimask_output, hq_token_only=hq_token_only, encode=False,
                 lookup=lookup,
             )
-            step = self._round(rounds, key, ready, preview, errors, waiting)
-            if step:
+            if self._round(rounds, key, ready, preview, errors, waiting):  # more rounds follow
                 later.append((key, rounds, ready))
         if later:
             self._publish(orientation, dict(preview), set(waiting))

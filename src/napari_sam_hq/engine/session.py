@@ -392,13 +392,8 @@ class SegmentationSession:
         stored (``is_stored``); a better tile that is not yet stored is not encoded here:
         the cut mask is returned with that tile as ``pending``, to encode and decode again.
         """
-        rounds = self.iter_segment(key, objects, multimask_output=multimask_output, hq_token_only=hq_token_only,
-                                   encode=encode, lookup=lookup)
-        while True:  # model.common.exhaust, which would import torch with this module
-            try:
-                next(rounds)
-            except StopIteration as done:
-                return done.value
+        return run_rounds(self.iter_segment(key, objects, multimask_output=multimask_output,
+                                            hq_token_only=hq_token_only, encode=encode, lookup=lookup))
 
     def iter_segment(
         self,
@@ -488,6 +483,16 @@ class SegmentationSession:
                 mask = batch.masks[j, 0]
             out.append(ObjectMask(mask, float(batch.scores[j, 0]), batch.low_res_logits[j, 0], tile))
         return out
+
+
+def run_rounds(rounds: Generator[Any, None, Any]) -> Any:
+    """Run a generator of rounds to its end and return its return value (``model.common.exhaust``,
+    which would import torch with this module)."""
+    while True:
+        try:
+            next(rounds)
+        except StopIteration as done:
+            return done.value
 
 
 def plane_of(data: Any, key: SliceKey) -> np.ndarray:
