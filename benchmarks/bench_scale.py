@@ -40,11 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-from napari_sam_hq.engine.threads import spin_openmp_workers  # noqa: E402 - after the path set-up
-
-spin_openmp_workers()  # before torch loads, as in napari, which loads the plugin first
-
-from bench_volume import _peak_mb  # noqa: E402 - torch, after the OpenMP setting
+from bench_volume import _peak_mb  # noqa: E402 - after the path set-up
 
 
 def lazy_volume(shape: tuple[int, ...], chunk: int = 1024, seed: int = 0):

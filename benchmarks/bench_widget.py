@@ -29,9 +29,6 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=15)
     args = parser.parse_args()
 
-    from napari_sam_hq.engine.threads import spin_openmp_workers
-
-    spin_openmp_workers()  # before torch loads, as in napari, which loads the plugin first
     import napari
     import torch
 

@@ -80,23 +80,3 @@ def test_lazy_package_names_resolve():
             assert getattr(package, name) is not None, f"{package.__name__}.{name}"
         with pytest.raises(AttributeError):
             package.no_such_name  # noqa: B018
-
-
-def test_the_napari_layer_sets_openmp_spinning_before_torch_loads():
-    """The widget runs torch in worker threads, where libgomp would throttle its teams
-    (engine/threads.py): the napari layer sets the waiting policy before torch is imported,
-    keeps a user's own setting, and reports that it is too late once torch is loaded."""
-    import os
-
-    code = (
-        "import os, sys, napari_sam_hq._napari.widget; "
-        "from napari_sam_hq.engine.threads import spin_openmp_workers; "
-        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules, "
-        "spin_openmp_workers())"
-    )
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean)
-    assert out.stdout.split() == ["ACTIVE", "300000", "True", "False"]
-    mine = dict(clean, OMP_WAIT_POLICY="PASSIVE")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=mine)
-    assert out.stdout.split() == ["PASSIVE", "None", "True", "False"]
