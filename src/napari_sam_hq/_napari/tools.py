@@ -13,6 +13,8 @@ dataclasses (``forms``).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from napari.layers import Labels
 from napari.qt.threading import thread_worker
@@ -269,6 +271,7 @@ class MeasureTool:
 
     def _build_measure(self) -> list:
         self.measurements = None  # the last measurement table (pandas), also in the layer's features
+        self._measure_worker = None
         self.measure_button = QPushButton("Measure labels")
         self.measure_button.setToolTip("Area/volume, centroid, bbox, diameter and intensities per label")
         self.export_button = QPushButton("Export CSV…")
@@ -278,38 +281,80 @@ class MeasureTool:
         row = QHBoxLayout()
         row.addWidget(self.measure_button, 1)
         row.addWidget(self.export_button)
-        self.measure_button.clicked.connect(lambda: self.measure())
+        self.measure_button.clicked.connect(lambda: self.start_measure())
         self.export_button.clicked.connect(self._export_dialog)
         return [row, self.table]
 
     def measure(self):
-        """Measure the chosen labels layer: a table in the widget and in the layer's features."""
-        from ..engine.measure import measure
+        """Measure the chosen labels layer and return the table (``None`` after a message when
+        there is nothing to measure). It runs as the button does, plane by plane in the
+        background (labels on disk are never loaded whole; engine/measure.py), while this
+        call processes Qt events until it is done: for scripts."""
+        from qtpy.QtCore import QCoreApplication
+
+        worker = self.start_measure()
+        if worker is None:
+            return None
+        done = []
+        worker.finished.connect(lambda: done.append(True))
+        while not done:
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+        QCoreApplication.processEvents()
+        return self.measurements
+
+    def start_measure(self):
+        """Measure the chosen labels layer in the background: a table in the widget, in the
+        layer's features and in ``measurements``; progress per plane; Cancel stops it.
+        Returns the worker, or ``None`` after a message."""
+        from ..engine.measure import iter_measure
 
         name = self.labels_combo.currentText()
         layers = self.viewer.layers
         if name not in layers or not isinstance(layers[name], Labels):
             show_info("SAM-HQ: no labels layer to measure yet: commit objects first")
             return None
+        if self._measure_worker is not None:
+            show_info("SAM-HQ: a measurement is already running")
+            return None
         target = layers[name]
-        labels = np.asarray(target.data)
+        labels = target.data[0] if target.multiscale else target.data
         image = self.image_layer
         intensity = None
-        if image is not None and not image.rgb and tuple(image.data.shape) == labels.shape:
-            intensity = np.asarray(image.data)
+        if image is not None and not image.rgb:
+            data = image.data[0] if image.multiscale else image.data
+            if tuple(data.shape) == tuple(labels.shape):
+                intensity = data
         try:
-            table = measure(labels, intensity)
+            planes = iter_measure(labels, intensity)
         except ValueError as err:
             show_error(f"SAM-HQ: {err}")
             return None
+        self.measurements = None
+        return run_tool(self, self._measure_job(planes, name), slot="_measure_worker", button=self.measure_button,
+                        returned=lambda table: self._on_measured(table, target),
+                        message=f"Measuring '{name}'…")
+
+    @thread_worker
+    def _measure_job(self, planes, name: str):
+        while True:
+            try:
+                fraction = next(planes)
+            except StopIteration as done:
+                return done.value
+            yield fraction, f"Measuring '{name}': {100 * fraction:.0f}% of the planes"
+
+    def _on_measured(self, table, target) -> None:
         self.measurements = table
         features = table.copy()
         features.insert(0, "index", features["label"])
         target.features = features
         self._show_table(table)
         self.export_button.setEnabled(True)
-        self.status_label.setText(f"Measured {len(table)} object(s) in '{name}' (also in the layer's features).")
-        return table
+        self.progress_bar.setValue(1000)
+        self.status_label.setText(
+            f"Measured {len(table)} object(s) in '{target.name}' (also in the layer's features)."
+        )
 
     def _show_table(self, table) -> None:
         self.table.clear()

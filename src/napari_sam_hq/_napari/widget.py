@@ -622,15 +622,15 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
             self._start_encoding()  # queued after the worker looked for the last time
 
     def cancel(self) -> None:
-        """Stop the download, the encoding, propagation, segment everything, adaptation and
-        refinement between two steps (a stopped adaptation keeps nothing, a stopped
-        refinement writes nothing)."""
+        """Stop the download, the encoding, propagation, segment everything, adaptation,
+        refinement and a measurement between two steps (a stopped adaptation keeps nothing, a
+        stopped refinement writes nothing, a stopped measurement shows nothing)."""
         with self._lock:
             for _, ann in self._annotators.values():
                 ann.cancel_encoding()
         if self._propagate_worker is not None:
             self._propagate_worker.quit()
-        for worker in (self._auto_worker, self._adapt_worker, self._refine_worker):
+        for worker in (self._auto_worker, self._adapt_worker, self._refine_worker, self._measure_worker):
             if worker is not None:
                 worker.quit()
         if self._embed_worker is not None:
@@ -644,9 +644,9 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
     @property
     def busy(self) -> bool:
         """Whether background work runs: model load and embeddings, a decode, a propagation,
-        segment everything, adaptation or refinement."""
+        segment everything, adaptation, refinement or a measurement."""
         workers = (self._embed_worker, self._decode_worker, self._propagate_worker, self._auto_worker,
-                   self._adapt_worker, self._refine_worker)
+                   self._adapt_worker, self._refine_worker, self._measure_worker)
         return any(w is not None for w in workers)
 
     def wait(self, timeout: float | None = None) -> None:
