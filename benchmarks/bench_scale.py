@@ -323,7 +323,7 @@ def main() -> None:
                                   capture_output=True, text=True, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
-                print(f"{part} failed:\n{proc.stderr[-3000:]}")
+                print(f"{part} failed (exit code {proc.returncode}):\n{proc.stderr[-3000:]}")
                 continue
             results[part] = json.loads(lines[-1][7:])
             print(part, json.dumps(results[part], indent=1))
