@@ -267,7 +267,8 @@ class SegmentEverythingTool:
 
 
 class MeasureTool:
-    """regionprops of the labels layer: a table in the widget, the layer's features, CSV."""
+    """Per-object measurements of the labels layer (regionprops' columns, plane by plane in a
+    worker): a table in the widget, the layer's features, CSV."""
 
     def _build_measure(self) -> list:
         self.measurements = None  # the last measurement table (pandas), also in the layer's features

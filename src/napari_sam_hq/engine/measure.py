@@ -82,14 +82,13 @@ class _Accumulator:
     def __init__(self, ndim: int, intensity: bool) -> None:
         self.ndim = ndim
         self.intensity = intensity
-        self.rows: dict[int, int] = {}
-        n0 = 0
-        self.count = np.zeros(n0, np.int64)
-        self.coord_sum = np.zeros((n0, ndim))
-        self.lo = np.zeros((n0, ndim), np.int64)
-        self.hi = np.zeros((n0, ndim), np.int64)
-        self.mean = np.zeros(n0)
-        self.m2 = np.zeros(n0)
+        self.rows: dict[int, int] = {}  # label -> row of the arrays below
+        self.count = np.zeros(0, np.int64)
+        self.coord_sum = np.zeros((0, ndim))
+        self.lo = np.zeros((0, ndim), np.int64)
+        self.hi = np.zeros((0, ndim), np.int64)
+        self.mean = np.zeros(0)
+        self.m2 = np.zeros(0)
         self.vmin: np.ndarray | None = None
         self.vmax: np.ndarray | None = None
 
