@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from ..model.steps import exhaust
 from . import memory
 from .labels import LabelVolume, mask_box
 from .orientation import Orientation
-from .session import ObjectMask, SegmentationSession, SliceKey, run_rounds
+from .session import ObjectMask, SegmentationSession, SliceKey
 from .tiling import Tile
 
 
@@ -303,7 +304,7 @@ class Annotator:
         queued to encode first (its slice goes to ``waiting``); an object cut at an inner tile
         edge is shown and queued to decode again from the better tile. Returns the preview and
         ``{slice: message}`` for slices whose prompts the engine refused."""
-        return run_rounds(self.iter_decode(prompts, multimask_output=multimask_output, hq_token_only=hq_token_only))
+        return exhaust(self.iter_decode(prompts, multimask_output=multimask_output, hq_token_only=hq_token_only))
 
     def iter_decode(
         self,

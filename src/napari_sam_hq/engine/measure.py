@@ -22,15 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ..model.steps import exhaust
+
 
 def measure(labels: Any, image: Any = None, *, spacing: tuple[float, ...] | None = None):
     """A pandas DataFrame with one row per label (module docstring)."""
-    gen = iter_measure(labels, image, spacing=spacing)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return exhaust(iter_measure(labels, image, spacing=spacing))
 
 
 def iter_measure(
@@ -154,9 +151,9 @@ class _Accumulator:
         self.count[rows] += n
 
     def table(self, scale: np.ndarray) -> dict[str, np.ndarray]:
-        order = np.argsort(np.fromiter(self.rows.keys(), np.int64, len(self.rows)), kind="stable")
-        ids = np.fromiter(self.rows.keys(), np.int64, len(self.rows))[order]
-        rows = np.fromiter(self.rows.values(), np.int64, len(self.rows))[order]
+        ids = np.fromiter(self.rows.keys(), np.int64, len(self.rows))
+        order = np.argsort(ids, kind="stable")
+        ids, rows = ids[order], np.fromiter(self.rows.values(), np.int64, len(self.rows))[order]
         count = self.count[rows]
         size = count * float(np.prod(scale))
         out: dict[str, np.ndarray] = {"label": ids, "area" if self.ndim == 2 else "volume": size}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..model.lazy import LazyModel
+from ..model.steps import exhaust
 from . import memory
 from .labels import mask_box, pack, unpack
 from .store import EmbeddingStore, content_key
@@ -392,7 +393,7 @@ class SegmentationSession:
         stored (``is_stored``); a better tile that is not yet stored is not encoded here:
         the cut mask is returned with that tile as ``pending``, to encode and decode again.
         """
-        return run_rounds(self.iter_segment(key, objects, multimask_output=multimask_output,
+        return exhaust(self.iter_segment(key, objects, multimask_output=multimask_output,
                                             hq_token_only=hq_token_only, encode=encode, lookup=lookup))
 
     def iter_segment(
@@ -483,16 +484,6 @@ class SegmentationSession:
                 mask = batch.masks[j, 0]
             out.append(ObjectMask(mask, float(batch.scores[j, 0]), batch.low_res_logits[j, 0], tile))
         return out
-
-
-def run_rounds(rounds: Generator[Any, None, Any]) -> Any:
-    """Run a generator of rounds to its end and return its return value (``model.common.exhaust``,
-    which would import torch with this module)."""
-    while True:
-        try:
-            next(rounds)
-        except StopIteration as done:
-            return done.value
 
 
 def plane_of(data: Any, key: SliceKey) -> np.ndarray:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TypeVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .steps import exhaust
 
-T = TypeVar("T")
-
-
-def exhaust(gen: Generator[object, None, T]) -> T:
-    """Run a step generator to the end and return its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+__all__ = ["LayerNorm2d", "MLPBlock", "exhaust"]  # exhaust lives in steps (no torch); re-exported
 
 
 class LayerNorm2d(nn.Module):
