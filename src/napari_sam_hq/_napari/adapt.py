@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
 
@@ -26,6 +25,7 @@ from ..engine.refine import REFINED, RefineSettings
 from ..engine.training import TrainSettings
 from .constants import PREVIEW_LAYER
 from .forms import settings_form
+from .jobs import torch_job
 from .layers import spatial_shape
 from .plot import CurvePlot
 from .tools import run_tool, tool_ready, tool_settings
@@ -121,7 +121,7 @@ class AdaptTool:
                         returned=lambda result: self._on_adapted(result, settings, base, data),
                         message=f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
 
-    @thread_worker
+    @torch_job
     def _adapt_job(self, ann, sources, settings):
         from ..engine.training import iter_train
 
@@ -258,7 +258,7 @@ class RefineTool:
                         returned=lambda result: self._on_refined(ann, image, source, result),
                         message=f"Refining '{source.name}'…")
 
-    @thread_worker
+    @torch_job
     def _refine_job(self, ann, data, keys, settings):
         return (yield from ann.iter_refine(data, keys, settings))
 

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 from napari.layers import Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -34,6 +33,7 @@ from ..engine import memory
 from ..engine.propagation import PropagationSettings
 from ..engine.settings import AutoSettings
 from .forms import read_settings, settings_form
+from .jobs import torch_job
 from .layers import SliceKey, spatial_shape
 
 UNIT = dict(min=0.0, max=1.0, step=0.05)
@@ -176,7 +176,7 @@ class PropagationTool:
                         returned=lambda result: self._on_propagated(ann, target, here, result, seeds),
                         message=f"Propagating {len(seeds)} object(s)…")
 
-    @thread_worker
+    @torch_job
     def _propagate_job(self, ann, here, seeds, settings):
         return (yield from ann.iter_propagate(here, seeds, settings))
 
@@ -248,7 +248,7 @@ class SegmentEverythingTool:
                         returned=lambda labels: self._on_auto_done(ann, target, None if whole else here, labels),
                         message="Segmenting everything…")
 
-    @thread_worker
+    @torch_job
     def _auto_job(self, session, keys, settings):
         from ..engine.automatic import iter_segment_everything
 
@@ -336,7 +336,7 @@ class MeasureTool:
                         returned=lambda table: self._on_measured(table, target),
                         message=f"Measuring '{name}'…")
 
-    @thread_worker
+    @torch_job
     def _measure_job(self, planes, name: str):
         while True:
             try:

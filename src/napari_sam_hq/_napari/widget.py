@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -46,6 +45,7 @@ from qtpy.QtWidgets import (
 from ..engine import memory
 from . import constants as C
 from .adapt import AdaptTool, RefineTool
+from .jobs import torch_job
 from .layers import (
     LayerLabels,
     SliceKey,
@@ -549,7 +549,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
                 return uid, ann
         return None, None
 
-    @thread_worker
+    @torch_job
     def _embed_job(self, request: tuple[str, str], model):
         if model is None:
             model = yield from self._load_model(request)
@@ -712,7 +712,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         self._decode_dirty = False
         worker.start()
 
-    @thread_worker
+    @torch_job
     def _decode_job(self, ann: Annotator, prompts, multimask: bool, hq_only: bool):
         # a mask cut at a tile edge is shown (yielded) while the tile that holds it decodes it again
         return (yield from ann.iter_decode(prompts, multimask_output=multimask, hq_token_only=hq_only))
