@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 from napari.layers import Labels
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -336,7 +337,7 @@ class MeasureTool:
                         returned=lambda table: self._on_measured(table, target),
                         message=f"Measuring '{name}'…")
 
-    @torch_job
+    @thread_worker  # numpy only: no torch, no OpenMP team to give back
     def _measure_job(self, planes, name: str):
         while True:
             try:
