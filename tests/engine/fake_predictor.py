@@ -35,7 +35,7 @@ class FakePredictor:
         self._grey: np.ndarray | None = None
         self._frames: Frames | None = None
 
-    def iter_set_image(self, image, *, contrast_limits=None):
+    def iter_set_image(self, image, *, contrast_limits=None, keep_early=True):  # no early feature here
         rgb = to_model_rgb(image, contrast_limits=contrast_limits)
         self._frames = Frames.for_image(rgb.shape[0], rgb.shape[1])
         small = resize_longest_side(rgb).astype(np.float32).mean(axis=-1)
@@ -46,8 +46,8 @@ class FakePredictor:
         self.model.encodes += 1
         yield 1.0
 
-    def set_image(self, image, *, contrast_limits=None):
-        for _ in self.iter_set_image(image, contrast_limits=contrast_limits):
+    def set_image(self, image, *, contrast_limits=None, keep_early=True):
+        for _ in self.iter_set_image(image, contrast_limits=contrast_limits, keep_early=keep_early):
             pass
 
     def get_image_embedding(self, *, dtype=np.float32, early=True, hq=True) -> ImageEmbedding:

@@ -202,3 +202,91 @@ def test_a_batch_of_images_in_one_encoder_call_gives_each_ones_embedding(small_p
     assert SegmentationSession(model, stack).embed_batch == 1  # the CPU default
     with pytest.raises(ValueError, match="embed_batch"):
         SegmentationSession(model, stack, embed_batch=0)
+
+
+def _storages(*predictors) -> dict[int, int]:
+    """The distinct tensor storages the predictors hold (pointer -> bytes)."""
+    import torch
+
+    out = {}
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            out[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+        elif isinstance(v, tuple):
+            for x in v:
+                walk(x)
+
+    for p in predictors:
+        for v in vars(p).values():
+            walk(v)
+    return out
+
+
+def test_predictors_of_one_model_share_the_positional_encoding(small_pair):
+    import torch
+
+    model = small_pair.ours
+    a, b = SamHQPredictor(model), SamHQPredictor(model)
+    image = blob_image(120, 90, seed=4)
+    a.set_image(image)
+    b.set_image(blob_image(120, 90, seed=5))
+    with torch.inference_mode():
+        fresh = model.prompt_encoder.get_dense_pe()
+    assert a._dense_pe is b._dense_pe and torch.equal(a._dense_pe, fresh)
+    assert a._image_tokens.key_pe.data_ptr() == b._image_tokens.key_pe.data_ptr() == a._dense_pe.data_ptr()
+    assert torch.equal(a._image_tokens.key_pe, fresh.flatten(2).transpose(1, 2))
+    alone, both = sum(_storages(a).values()), sum(_storages(a, b).values())
+    assert both <= 2 * alone - fresh.nbytes, "the dense pe (and its rows, a view of it) is held once"
+    # the same answers as a predictor with a pe of its own
+    c = SamHQPredictor(model)
+    c._dense_pe = fresh
+    c.set_image(image)
+    for kw in (dict(point_coords=[[40, 60]], point_labels=[1]), dict(box=[10, 20, 80, 100])):
+        np.testing.assert_array_equal(a.predict(**kw).low_res_logits, c.predict(**kw).low_res_logits)
+
+
+def test_the_shared_encoding_follows_new_weights(small_pair):
+    import torch
+
+    model = small_pair.ours
+    first = model.inference_pe()
+    assert model.inference_pe() is first  # computed once
+    gauss = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    saved = gauss.detach().clone()
+    try:
+        with torch.inference_mode():  # a load under inference mode: no version counter to see it
+            gauss.mul_(2.0)
+        again = model.inference_pe()
+        assert again is not first and not torch.equal(again, first)
+        with torch.inference_mode():
+            assert torch.equal(again, model.prompt_encoder.get_dense_pe())
+    finally:
+        with torch.inference_mode():
+            gauss.copy_(saved)
+    assert torch.equal(model.inference_pe(), first)
+
+
+def test_keep_early_false_drops_the_early_feature_only(small_pair):
+    image = blob_image(100, 130, seed=6)
+    kept, dropped = SamHQPredictor(small_pair.ours), SamHQPredictor(small_pair.ours)
+    kept.set_image(image)
+    dropped.set_image(image, keep_early=False)
+    assert kept.get_image_embedding().early_feature is not None
+    assert dropped.get_image_embedding(early=True).early_feature is None
+    np.testing.assert_array_equal(dropped.get_image_embedding(early=False).hq_features,
+                                  kept.get_image_embedding(early=False).hq_features)
+    kw = dict(point_coords=[[60, 50]], point_labels=[1], multimask_output=True)
+    np.testing.assert_array_equal(dropped.predict(**kw).low_res_logits, kept.predict(**kw).low_res_logits)
+    assert sum(_storages(dropped).values()) < sum(_storages(kept).values())
+    # a session's decoder-ready tiles keep none (it stores embeddings without it): encoded
+    # in the background, or on demand
+    from napari_sam_hq.engine import EmbeddingStore, SegmentationSession
+
+    image = blob_image(64, 80, seed=2, channels=1)
+    for background in (True, False):
+        session = SegmentationSession(small_pair.ours, image, store=EmbeddingStore(None))
+        tile = session.grid.tiles[0]
+        if background:
+            assert list(session.iter_embed_tile((), tile))[-1] == 1.0
+        assert session.tile_predictor((), tile)._early is None

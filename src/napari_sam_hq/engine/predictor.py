@@ -69,8 +69,7 @@ class SamHQPredictor:
 
     def __init__(self, model: SamHQ) -> None:
         self.model = model
-        with torch.inference_mode():
-            self._dense_pe = model.prompt_encoder.get_dense_pe()
+        self._dense_pe = model.inference_pe()  # shared by the model's predictors
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -91,11 +90,15 @@ class SamHQPredictor:
         return self._require_image().original_size
 
     def iter_set_image(
-        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
+        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None, keep_early: bool = True
     ) -> Generator[float, None, None]:
         """``set_image`` as a generator: yields the fraction done (0-1) after each encoder step.
 
         Stopping the generator early leaves the predictor without an image, never half set.
+        ``keep_early=False`` lets go of the encoder's early feature once the HQ features are
+        made from it (``get_image_embedding(early=True)`` then has none): the decoder does
+        not need it, and it is 2.5 MB (vit_tiny) to 12 MB (vit_b) of every predictor a
+        session keeps decoder-ready.
         """
         self.reset_image()
         x, frames = self._model_input(image, contrast_limits)
@@ -108,7 +111,7 @@ class SamHQPredictor:
                     yield next(steps) / total
             except StopIteration as stop:
                 embedding, early, hq = stop.value
-        self._set_state(embedding, early, hq, frames)
+        self._set_state(embedding, early if keep_early else None, hq, frames)
 
     def embed_batch(
         self, images: list[np.ndarray], *, contrast_limits: list[tuple[float, float] | None] | None = None
@@ -144,9 +147,12 @@ class SamHQPredictor:
         self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
         self._image_tokens = tokens
 
-    def set_image(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None) -> None:
-        """Compute the image embedding of ``image`` (H x W, H x W x C; any real dtype)."""
-        exhaust(self.iter_set_image(image, contrast_limits=contrast_limits))
+    def set_image(
+        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None, keep_early: bool = True
+    ) -> None:
+        """Compute the image embedding of ``image`` (H x W, H x W x C; any real dtype);
+        ``keep_early`` as in ``iter_set_image``."""
+        exhaust(self.iter_set_image(image, contrast_limits=contrast_limits, keep_early=keep_early))
 
     def get_image_embedding(
         self, *, dtype: np.dtype | type = np.float32, early: bool = True, hq: bool = True

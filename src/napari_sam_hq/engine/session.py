@@ -330,7 +330,7 @@ class SegmentationSession:
         if self.store.get(self.model_id, entry) is not None:  # read: damage is found here
             return False
         predictor = self._factory(self.model)
-        for fraction in predictor.iter_set_image(pixels, contrast_limits=limits):
+        for fraction in predictor.iter_set_image(pixels, contrast_limits=limits, keep_early=False):
             yield min(fraction, 0.99)
         emb = predictor.get_image_embedding(early=False)  # before a decode may use the predictor
         self._keep_ready(entry, predictor)
@@ -359,7 +359,7 @@ class SegmentationSession:
         emb = self.store.get(self.model_id, entry)
         predictor = self._factory(self.model)
         if emb is None:
-            predictor.set_image(pixels, contrast_limits=limits)
+            predictor.set_image(pixels, contrast_limits=limits, keep_early=False)
             emb = predictor.get_image_embedding(early=False)
             self.store.put(self.model_id, entry, emb, slice_key=key, tile=tile.box)
             memory.trim()

@@ -47,6 +47,7 @@ class SamHQ(nn.Module):
         self.register_buffer("pixel_mean", torch.empty(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.empty(3, 1, 1), persistent=False)
         self.init_buffers()
+        self._inference_pe: tuple | None = None  # (key, dense pe): inference_pe
 
     def init_buffers(self) -> None:
         """(Re)compute the constant buffers that checkpoints do not hold."""
@@ -65,6 +66,25 @@ class SamHQ(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.mask_decoder.iou_token.weight.dtype
+
+    def inference_pe(self) -> torch.Tensor:
+        """The positional encoding of the embedding grid, ``1 x C x h x w``, computed once (in
+        inference mode) and shared by every predictor of this model: 4 MB each, and a
+        session keeps six decoder-ready tiles. (Its memory is laid out as rows ``hw x C``,
+        so the transformer's view of it as rows shares it too.)
+
+        Computed again when the encoding's random matrix, its device or its dtype changes
+        (new weights, ``.to()``). Read-only: nobody may write into it.
+        """
+        gauss = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        # the matrix itself (2 x 128) is the key: a version counter misses loads under
+        # inference mode, which does not track versions
+        with torch.inference_mode():
+            key = (gauss.device, gauss.dtype, gauss.detach().float().cpu().numpy().tobytes())
+            cached = self._inference_pe
+            if cached is None or cached[0] != key:
+                cached = self._inference_pe = (key, self.prompt_encoder.get_dense_pe())
+        return cached[1]
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """``B x 3 x h x w`` RGB in [0, 255], model-input frame -> normalised ``B x 3 x 1024 x 1024``.
