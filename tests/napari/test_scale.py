@@ -238,3 +238,30 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
     viewer.dims.ndisplay = 3  # no plane on screen: the whole layer is refreshed
     widget.undo()
     assert refreshed
+
+
+SLICE_PEAK = """
+import tracemalloc
+import numpy as np
+import napari
+
+viewer = napari.Viewer(show=False)
+data = np.zeros((2, 4096, 4096), np.uint32)  # as "SAM-HQ labels": ids of any size
+data[:, 100:3000, 200:4000] = 70_000
+viewer.add_labels(data)
+tracemalloc.start()
+held = tracemalloc.get_traced_memory()[0]
+viewer.dims.set_current_step(0, 1)  # a new slice: coloured for the screen
+print((tracemalloc.get_traced_memory()[1] - held) / 2**20)
+viewer.close()
+"""
+
+
+def test_a_new_slice_of_large_uint32_labels_is_coloured_without_big_temporaries():
+    # napari's numpy fallback took 128 MB of temporaries for this 4096 x 4096 slice (the
+    # texture itself is 16 MB): the peak of the volume session's reopening
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SLICE_PEAK], capture_output=True, text=True, check=True).stdout
+    assert float(out.split()[-1]) < 48, f"{out.split()[-1]} MB of temporaries"
