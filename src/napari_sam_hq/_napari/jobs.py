@@ -1,4 +1,5 @@
-"""``torch_job``: napari's ``thread_worker`` for background work that runs torch.
+"""``torch_job``: napari's ``thread_worker`` for background work that runs torch; and
+``process_events_until``, how a script's call waits for such work on the GUI thread.
 
 Every job gives back its thread's idle OpenMP workers when it ends (in that thread: Qt
 keeps pooled threads alive for 30 s), and the GUI thread gives back its own before it starts
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable
 
 from napari.qt.threading import thread_worker
@@ -47,3 +49,19 @@ def torch_job(func: Callable) -> Callable:
         return create_worker(*args, **kwargs)
 
     return start
+
+
+def process_events_until(done: Callable[[], bool], *, timeout: float | None = None, poll: float = 0.005) -> bool:
+    """Process Qt events until ``done()`` (the workers' results land on this thread, so they
+    can finish), then once more for the last handlers. Returns ``False`` if ``timeout``
+    seconds passed first (``None``: no limit)."""
+    from qtpy.QtCore import QCoreApplication
+
+    end = None if timeout is None else time.monotonic() + timeout
+    while not done():
+        if end is not None and time.monotonic() > end:
+            return False
+        QCoreApplication.processEvents()
+        time.sleep(poll)
+    QCoreApplication.processEvents()
+    return True

@@ -13,8 +13,6 @@ dataclasses (``forms``).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from napari.layers import Labels
 from napari.qt.threading import thread_worker
@@ -34,7 +32,7 @@ from ..engine import memory
 from ..engine.propagation import PropagationSettings
 from ..engine.settings import AutoSettings
 from .forms import read_settings, settings_form
-from .jobs import torch_job
+from .jobs import process_events_until, torch_job
 from .layers import SliceKey, spatial_shape
 
 UNIT = dict(min=0.0, max=1.0, step=0.05)
@@ -292,17 +290,12 @@ class MeasureTool:
         there is nothing to measure). It runs as the button does, plane by plane in the
         background (labels on disk are never loaded whole; engine/measure.py), while this
         call processes Qt events until it is done: for scripts."""
-        from qtpy.QtCore import QCoreApplication
-
         worker = self.start_measure()
         if worker is None:
             return None
         done = []
         worker.finished.connect(lambda: done.append(True))
-        while not done:
-            QCoreApplication.processEvents()
-            time.sleep(0.005)
-        QCoreApplication.processEvents()
+        process_events_until(lambda: bool(done))
         return self.measurements
 
     def start_measure(self):

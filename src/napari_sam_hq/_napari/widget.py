@@ -16,7 +16,6 @@ lives on the widget and its annotators: two viewers, two widgets, nothing shared
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +44,7 @@ from qtpy.QtWidgets import (
 from ..engine import memory
 from . import constants as C
 from .adapt import AdaptTool, RefineTool
-from .jobs import torch_job
+from .jobs import process_events_until, torch_job
 from .layers import (
     LayerLabels,
     SliceKey,
@@ -657,15 +656,8 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         needs, then the decode), so ``wait()`` after it returns with the preview drawn.
         Errors include those only shown to a user (a checkpoint that does not load, a prompt
         the engine refuses). ``TimeoutError`` after ``timeout`` seconds (``None``: no limit)."""
-        from qtpy.QtCore import QCoreApplication
-
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.busy:
-            if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"SAM-HQ: background work still running after {timeout} s")
-            QCoreApplication.processEvents()
-            time.sleep(0.005)
-        QCoreApplication.processEvents()  # the last 'finished' handlers
+        if not process_events_until(lambda: not self.busy, timeout=timeout):
+            raise TimeoutError(f"SAM-HQ: background work still running after {timeout} s")
         errors, self._errors = self._errors, []
         if errors:
             raise errors[0]
@@ -916,11 +908,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
     def _settle_decode(self) -> None:
         """Let the decode in flight finish (one decoder pass): a commit then takes its final
         answer, not a first one cut at a tile edge that is being decoded again."""
-        from qtpy.QtCore import QCoreApplication
-
-        while self._decode_worker is not None:
-            QCoreApplication.processEvents()
-            time.sleep(0.002)
+        process_events_until(lambda: self._decode_worker is None, poll=0.002)
 
     def _labels_layer(self):
         name = self.labels_combo.currentText()
