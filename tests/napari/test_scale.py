@@ -5,6 +5,9 @@ download in the widget's progress bar."""
 
 from __future__ import annotations
 
+import types
+import warnings
+
 import numpy as np
 import pytest
 
@@ -224,7 +227,11 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
 
     second = (yy - 60) ** 2 + (xx - 30) ** 2 <= 12**2
     ann.preview = {(1,): [PreviewObject(second, 0.9, False)]}
-    [label2] = widget.commit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        [label2] = widget.commit()
+    # the widget's layers come through napari's plugin proxy: no private access warns
+    assert not [w for w in caught if "Private attribute access" in str(w.message)]
     check(np.asarray(labels.data[1]))
     assert (np.asarray(labels.data[1])[second] == label2).all()
     viewer.dims.order = (0, 2, 1)  # x down, y across: the slice napari holds is transposed
@@ -238,6 +245,38 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
     viewer.dims.ndisplay = 3  # no plane on screen: the whole layer is refreshed
     widget.undo()
     assert refreshed
+
+
+def test_commit_draws_by_a_full_refresh_where_napari_internals_are_missing(make_napari_viewer, qtbot, checkpoint,
+                                                                           tmp_path, monkeypatch):
+    """The partial redraw reads napari internals; a napari without them (or with other ones)
+    gets the public full refresh, and the canvas shows the committed object all the same."""
+    from napari_sam_hq._napari import layers as layers_module
+    from napari_sam_hq.engine.annotator import PreviewObject
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_stack(3, 96, 128), name="cells")
+    widget = _widget(viewer, checkpoint)
+    _on_disk(widget, tmp_path)
+    viewer.dims.set_current_step(0, 1)
+    viewer.layers[C.POINTS_LAYER].add([1, 30, 40])
+    widget.wait(timeout=WAIT)
+    yy, xx = np.ogrid[:96, :128]
+    first = (yy - 40) ** 2 + (xx - 70) ** 2 <= 15**2
+    widget.annotator().preview = {(1,): [PreviewObject(first, 0.9, False)]}
+    widget.commit()
+    labels = viewer.layers[C.LABELS_LAYER]
+    qtbot.wait(100)
+    monkeypatch.setattr(layers_module, "_internals", lambda layer: types.SimpleNamespace(contour=0, multiscale=False))
+    refreshed = []
+    refresh = labels.refresh
+    monkeypatch.setattr(labels, "refresh", lambda *a, **k: (refreshed.append(1), refresh(*a, **k)))
+    second = (yy - 60) ** 2 + (xx - 30) ** 2 <= 12**2
+    widget.annotator().preview = {(1,): [PreviewObject(second, 0.9, False)]}
+    [label2] = widget.commit()
+    assert refreshed
+    np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), np.asarray(labels.data[1]))
+    assert (np.asarray(labels._slice.image.raw)[second] == label2).all()
 
 
 SLICE_PEAK = """

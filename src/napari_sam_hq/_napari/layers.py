@@ -217,9 +217,24 @@ class LayerLabels(LabelVolume):
             self._redo.clear()
 
 
+def _internals(layer: napari.layers.Labels) -> napari.layers.Labels:
+    """The layer itself behind napari's plugin proxy, for the partial redraw below.
+
+    napari hands a plugin's widget its viewer behind ``PublicOnlyProxy``, whose private
+    attributes warn on every access (napari 0.9: "Private attribute access ... is deprecated",
+    a ``FutureWarning`` in the user's terminal on every commit) and may later be refused.
+    The partial redraw needs napari's slice state and its colour mapping, which have no
+    public form (napari's own painting uses them): it reads them from the layer itself, and
+    every caller falls back to the public ``layer.refresh()`` where they are missing or
+    changed (any exception; tested), so a napari that changes them is slower, never wrong.
+    """
+    return getattr(layer, "__wrapped__", layer)
+
+
 def _plane_axes(layer: napari.layers.Labels):
     """``({non-displayed data axis: index on screen}, [the two displayed axes, display order])``,
     or ``None`` outside 2D display or where napari's slice state is not the known one."""
+    layer = _internals(layer)
     try:
         here = layer._get_pt_not_disp()
         axes = [a for a in layer._slice.slice_input.order if a not in here]
@@ -254,6 +269,7 @@ def redraw_boxes(layer: napari.layers.Labels, parts: list) -> bool:
     an unloaded slice, another napari)."""
     if not parts:
         return True
+    layer = _internals(layer)
     try:
         if layer.contour > 0 or layer.multiscale or not layer._slicing_state.loaded:
             return False
