@@ -214,12 +214,22 @@ def test_masks_of_a_cell_compute_a_few_blocks():
         (blob_image(120, 80, seed=5, channels=1), None),  # uint8: the official RGB path
         (blob_image(120, 80, seed=5).astype(np.float32), (10.0, 200.0)),  # RGB
         (np.full((30, 20), 7.0), None),  # constant
+        (np.full((30, 20), np.nan), None),  # nothing finite
+        # +-inf, and float64 beyond float32's range (inf once in float32): the low limit
+        (np.where(np.eye(90, 70) > 0, 1e300, np.linspace(-3, 9, 6300).reshape(90, 70)) * [1] * 70
+         + np.where(np.arange(70) == 5, -np.inf, 0), None),
     ],
 )
-def test_model_image_is_the_plain_chain(image, limits):
-    """``model_image`` (grey images scaled and resized as one channel) gives the exact pixels
-    of ``resize_longest_side(to_model_rgb(...))``."""
+@pytest.mark.parametrize("band_rows", [None, 7])
+def test_model_image_is_the_plain_chain(image, limits, band_rows, monkeypatch):
+    """``model_image`` (grey images scaled and resized as one channel, its limits found and
+    its pixels scaled a band of rows at a time) gives the exact pixels of
+    ``resize_longest_side(to_model_rgb(...))``."""
+    from napari_sam_hq.engine import transforms
     from napari_sam_hq.engine.transforms import model_image
+
+    if band_rows:
+        monkeypatch.setattr(transforms, "_SCALE_BAND_BYTES", 4 * image.shape[1] * band_rows)
 
     plain = resize_longest_side(to_model_rgb(image, contrast_limits=limits)).astype(np.float32)
     out = model_image(image, contrast_limits=limits)
@@ -247,3 +257,25 @@ def test_model_image_of_a_large_grey_plane_needs_one_float_plane():
     ours, plain = (float(v) for v in out.split())
     assert ours < 36, f"model_image peaked at {ours:.0f} MB"
     assert plain > 2 * ours  # the measurement tells the two apart
+
+
+def test_model_image_of_a_4096_grey_plane_holds_pil_s_float_image_only():
+    """Resident set (VmHWM, a fresh process) over the encoder input of a 4096 x 4096 uint16
+    plane, the coarse pass of a large volume: PIL's float image (64 MB), filled a band at a
+    time, not a scaled float32 plane beside it (+68 MB measured; +132 MB before)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from napari_sam_hq.engine.transforms import model_image\n"
+        "def hwm():\n"
+        "    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024\n"
+        "img = np.empty((4096, 4096), np.uint16)\n"
+        "for r in range(0, 4096, 256):  # made without whole-plane temporaries, which would set the peak\n"
+        "    img[r:r + 256] = (np.arange(r * 4096, (r + 256) * 4096) % 60000).reshape(256, 4096)\n"
+        "model_image(img[:64, :64])  # PIL and numpy warmed up\n"
+        "before = hwm(); model_image(img, contrast_limits=(100.0, 50000.0)); print(hwm() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) < 96, f"model_image raised the peak by {float(out):.0f} MB"
