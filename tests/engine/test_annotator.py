@@ -186,6 +186,33 @@ def test_propagate_correct_repropagate_in_ram_and_on_disk(tmp_path):
         np.testing.assert_array_equal(np.asarray(labels.array[:]), before)
 
 
+def test_a_propagation_gives_overlaps_to_the_higher_score_and_keeps_other_labels():
+    from napari_sam_hq.engine.session import ObjectMask
+
+    image, _ = ellipsoid_volume((4, 60, 60), (((2, 30, 30), (2, 10, 10)),))
+    mine = np.zeros(image.shape, np.uint32)
+    mine[1, 0:5, 0:60] = 9  # a label of the user's across the top rows
+    ann = _annotator(image, LabelVolume(mine))
+    a = np.zeros((60, 60), bool)
+    a[0:30, 10:40] = True
+    b = np.zeros((60, 60), bool)
+    b[20:50, 20:50] = True
+    tile = ann.session.grid.coarse
+
+    def obj(mask, score):
+        return ObjectMask(mask, score, np.zeros((256, 256), np.float32), tile).packed()
+
+    ann.apply_propagation((2,), {1: {1: obj(a, 0.6), 2: obj(b, 0.9)}}, {1: {2: a}, 2: {2: b}})
+    assert (mine[1][b] == 2).all()  # the higher score takes the overlap
+    assert (mine[1][a & ~b & (np.arange(60)[:, None] >= 5)] == 1).all()
+    assert (mine[1, 0:5] == 9).all()  # never written over without overwrite
+    ann.apply_propagation((2,), {3: {1: obj(a, 0.6)}}, {1: {2: a}})  # one object: no overlap to track
+    assert (mine[3][a] == 1).all() and not mine[3][~a].any()
+    # overwriting: the user's label goes, the overlap still to the higher score
+    ann.apply_propagation((2,), {1: {1: obj(a, 0.6), 2: obj(b, 0.9)}}, {1: {2: a}, 2: {2: b}}, overwrite=True)
+    assert (mine[1][b] == 2).all() and (mine[1][a & ~b] == 1).all() and not (mine[1][a | b] == 9).any()
+
+
 def _iou(a, b) -> float:
     return float((a & b).sum() / (a | b).sum())
 

@@ -564,11 +564,15 @@ class Annotator:
                     if z not in planes:
                         changed += self._erase(labels, (*prefix, z), label)
             for z, objects in sorted(found.items()):
-                claimed = np.zeros(self.plane_shape, bool)
+                # plane masks (16 MB each at 4096 x 4096): the pixels taken by higher scores are
+                # tracked only where a slice has more than one object
+                claimed = np.zeros(self.plane_shape, bool) if len(objects) > 1 else None
                 for label, res in sorted(objects.items(), key=lambda kv: -kv[1].score):
-                    free = res.mask & ~claimed
+                    mask = res.mask  # a packed mask unpacks on each access: once here
+                    free = mask if claimed is None else np.greater(mask, claimed)  # mask and not claimed
                     changed += self._write_mask(labels, (*prefix, z), free, label, overwrite=overwrite, keep=label)
-                    claimed |= res.mask
+                    if claimed is not None:
+                        claimed |= mask
         return changed
 
     # ------------------------------------------------------------------ segment everything
