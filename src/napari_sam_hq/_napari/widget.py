@@ -907,8 +907,11 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
 
     def _settle_decode(self) -> None:
         """Let the decode in flight finish (one decoder pass): a commit then takes its final
-        answer, not a first one cut at a tile edge that is being decoded again."""
-        process_events_until(lambda: self._decode_worker is None, poll=0.002)
+        answer, not a first one cut at a tile edge that is being decoded again. With none in
+        flight it returns at once: the Qt events waiting then (a redraw of the canvas, ~10 ms
+        under Xvfb) are not the commit's to run."""
+        if self._decode_worker is not None:
+            process_events_until(lambda: self._decode_worker is None, poll=0.002)
 
     def _labels_layer(self):
         name = self.labels_combo.currentText()
