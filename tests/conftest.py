@@ -25,6 +25,15 @@ class Pair:
     state_dict: dict
 
 
+def run_python(code: str) -> str:
+    """The standard output of ``code`` run in a fresh Python (memory peaks are measured there,
+    away from what the test session holds)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
 def _pair(official: torch.nn.Module, ours: SamHQ, seed: int) -> Pair:
     sd = noisy_state_dict(official, seed=seed)
     official.load_state_dict(sd, strict=True)

@@ -9,6 +9,8 @@ import pytest
 from napari_sam_hq.engine import labels as labels_module
 from napari_sam_hq.engine.labels import LabelVolume
 
+from ..conftest import run_python
+
 
 @pytest.mark.parametrize("on_disk", [False, True])
 @pytest.mark.parametrize("band_bytes", [None, 4 * 80 * 7])  # whole boxes; bands of 7 rows (chunks of 16)
@@ -75,9 +77,6 @@ def test_writing_an_object_of_a_whole_4096_plane_holds_a_band_not_the_plane():
     """Measured in a subprocess: paint, erase and undo of a 4096 x 4096 object on zarr labels
     hold at most 48 MB of temporaries (a copy of the plane's labels alone is 64 MB; written
     whole, the paint held ~190 MB and the erase ~250 MB)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", WRITE_PEAK], capture_output=True, text=True, check=True).stdout
+    out = run_python(WRITE_PEAK)
     peaks = [float(v) for v in out.split()]
     assert len(peaks) == 3 and max(peaks) < 48, peaks

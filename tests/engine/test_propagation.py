@@ -20,7 +20,7 @@ from napari_sam_hq.model import build_sam_hq, prepare_for_inference
 from napari_sam_hq.model.common import exhaust
 from napari_sam_hq.model.registry import ModelSpec
 
-from ..conftest import SMALL_VIT
+from ..conftest import SMALL_VIT, run_python
 from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
 
 
@@ -55,9 +55,6 @@ def test_the_interior_point_of_a_huge_mask_is_found_in_bounded_memory():
     the point is a pixel of the mask near its centre; the search's numpy allocations
     (tracemalloc, a fresh process) stay near the 1 Mpx budget, where the whole-box distance
     transform took ~16 bytes a pixel (144 MB here)."""
-    import subprocess
-    import sys
-
     yy, xx = np.ogrid[:3000, :3000]
     disc = (yy - 1400) ** 2 + (xx - 1600) ** 2 <= 1300**2
     p = prompt_from_mask(disc)
@@ -70,7 +67,7 @@ def test_the_interior_point_of_a_huge_mask_is_found_in_bounded_memory():
         "mask = np.ones((3000, 3000), bool); mask[0] = False\n"
         "tracemalloc.start(); prompt_from_mask(mask); print(tracemalloc.get_traced_memory()[1] / 2**20)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python(code)
     assert float(out) < 40, f"prompt_from_mask peaked at {float(out):.0f} MB"
 
 

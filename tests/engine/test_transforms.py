@@ -8,7 +8,7 @@ import torch
 
 from napari_sam_hq.engine.transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
 
-from ..conftest import blob_image
+from ..conftest import blob_image, run_python
 from ..oracles import import_official
 
 
@@ -242,9 +242,6 @@ def test_model_image_of_a_large_grey_plane_needs_one_float_plane():
     in a fresh process): one float32 plane (16 MB, and the copy PIL takes of it) and the small
     RGB result; the plain chain makes RGB float temporaries (72 MB measured; PIL's own buffers,
     three planes there, are not counted)."""
-    import subprocess
-    import sys
-
     code = (
         "import tracemalloc, numpy as np\n"
         "from napari_sam_hq.engine.transforms import model_image, resize_longest_side, to_model_rgb\n"
@@ -253,7 +250,7 @@ def test_model_image_of_a_large_grey_plane_needs_one_float_plane():
         "tracemalloc.start(); resize_longest_side(to_model_rgb(img)); b = tracemalloc.get_traced_memory()[1]\n"
         "print(a / 2**20, b / 2**20)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python(code)
     ours, plain = (float(v) for v in out.split())
     assert ours < 36, f"model_image peaked at {ours:.0f} MB"
     assert plain > 2 * ours  # the measurement tells the two apart
@@ -263,9 +260,6 @@ def test_model_image_of_a_4096_grey_plane_holds_pil_s_float_image_only():
     """Resident set (VmHWM, a fresh process) over the encoder input of a 4096 x 4096 uint16
     plane, the coarse pass of a large volume: PIL's float image (64 MB), filled a band at a
     time, not a scaled float32 plane beside it (+68 MB measured; +132 MB before)."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np\n"
         "from napari_sam_hq.engine.transforms import model_image\n"
@@ -277,5 +271,5 @@ def test_model_image_of_a_4096_grey_plane_holds_pil_s_float_image_only():
         "model_image(img[:64, :64])  # PIL and numpy warmed up\n"
         "before = hwm(); model_image(img, contrast_limits=(100.0, 50000.0)); print(hwm() - before)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python(code)
     assert float(out) < 96, f"model_image raised the peak by {float(out):.0f} MB"

@@ -187,13 +187,9 @@ def test_download_progress_shows_in_the_widget(make_napari_viewer, qtbot, checkp
     assert cached_path(info).read_bytes() == Path(checkpoint).read_bytes()
 
 
-def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari_viewer, qtbot, checkpoint,
-                                                                     tmp_path, monkeypatch):
-    """A commit on zarr labels redraws the object's box on the plane on screen (napari's own
-    partial redraw of painting), not the whole plane; what the canvas shows is what a full
-    refresh shows, in a transposed view too, after undo and redo as well."""
-    from napari_sam_hq.engine.annotator import PreviewObject
-
+def _shown_on_disk(make_napari_viewer, checkpoint, tmp_path):
+    """A shown viewer with a 3 x 96 x 128 stack, the widget with labels on disk, slice 1 on
+    screen and its tile encoded (a point placed there)."""
     viewer = make_napari_viewer(show=True)
     viewer.add_image(_stack(3, 96, 128), name="cells")
     widget = _widget(viewer, checkpoint)
@@ -201,6 +197,17 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
     viewer.dims.set_current_step(0, 1)
     viewer.layers[C.POINTS_LAYER].add([1, 30, 40])
     widget.wait(timeout=WAIT)
+    return viewer, widget
+
+
+def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari_viewer, qtbot, checkpoint,
+                                                                     tmp_path, monkeypatch):
+    """A commit on zarr labels redraws the object's box on the plane on screen (napari's own
+    partial redraw of painting), not the whole plane; what the canvas shows is what a full
+    refresh shows, in a transposed view too, after undo and redo as well."""
+    from napari_sam_hq.engine.annotator import PreviewObject
+
+    viewer, widget = _shown_on_disk(make_napari_viewer, checkpoint, tmp_path)
     ann = widget.annotator()
     yy, xx = np.ogrid[:96, :128]
     disc = (yy - 40) ** 2 + (xx - 70) ** 2 <= 15**2
@@ -254,13 +261,7 @@ def test_commit_draws_by_a_full_refresh_where_napari_internals_are_missing(make_
     from napari_sam_hq._napari import layers as layers_module
     from napari_sam_hq.engine.annotator import PreviewObject
 
-    viewer = make_napari_viewer(show=True)
-    viewer.add_image(_stack(3, 96, 128), name="cells")
-    widget = _widget(viewer, checkpoint)
-    _on_disk(widget, tmp_path)
-    viewer.dims.set_current_step(0, 1)
-    viewer.layers[C.POINTS_LAYER].add([1, 30, 40])
-    widget.wait(timeout=WAIT)
+    viewer, widget = _shown_on_disk(make_napari_viewer, checkpoint, tmp_path)
     yy, xx = np.ogrid[:96, :128]
     first = (yy - 40) ** 2 + (xx - 70) ** 2 <= 15**2
     widget.annotator().preview = {(1,): [PreviewObject(first, 0.9, False)]}
