@@ -80,3 +80,48 @@ def test_writing_an_object_of_a_whole_4096_plane_holds_a_band_not_the_plane():
     out = run_python(WRITE_PEAK)
     peaks = [float(v) for v in out.split()]
     assert len(peaks) == 3 and max(peaks) < 48, peaks
+
+
+def test_bookkeeping_round_trips_reads_the_old_format_and_stays_small(tmp_path):
+    """Counter, extents and seeds come back on reopening; labels saved by the first format
+    (JSON dicts) are read and saved again in the second; 20,000 objects' bookkeeping is a
+    few hundred KB of metadata, which every commit rewrites (format 1: ~6 MB)."""
+    import zarr
+
+    from napari_sam_hq.engine.labels import ATTRS_KEY, open_labels_zarr
+
+    path = tmp_path / "labels.zarr"
+    volume = LabelVolume(open_labels_zarr(path, (300, 64, 64)))
+    volume.extents = {i: [[i % 300, i % 300 + 1], [i % 50, 60], [3, 64]] for i in range(1, 20_001)}
+    volume.seeds = {i: {((0, i % 300),), ((0, (i + 7) % 300),)} for i in range(1, 20_001)}
+    volume.seeds[5] = {((0, 1),), ((2, 9),)}  # another orientation's plane
+    volume.claim(20_000)
+    again = LabelVolume(zarr.open_array(str(path), mode="r+"))
+    assert (again.next_id(), again.extents, again.seeds) == (20_001, volume.extents, volume.seeds)
+    assert again.scans == 0
+    assert (path / "zarr.json").stat().st_size < 400 * 2**10
+
+    old = tmp_path / "old.zarr"
+    array = open_labels_zarr(old, (4, 16, 16))
+    array.attrs[ATTRS_KEY] = {"format": 1, "next_label": 8, "extents": {"7": [[1, 2], [0, 5], [3, 9]]},
+                              "seeds": {"7": [[[0, 1]]]}}
+    first = LabelVolume(zarr.open_array(str(old), mode="r+"))
+    assert (first.next_id(), first.extents, first.seeds) == (8, {7: [[1, 2], [0, 5], [3, 9]]}, {7: {((0, 1),)}})
+    first.add_seed(7, ((0, 2),))  # saved in the new format
+    assert zarr.open_array(str(old)).attrs[ATTRS_KEY]["format"] == 2
+    second = LabelVolume(zarr.open_array(str(old), mode="r+"))
+    assert (second.next_id(), second.extents, second.seeds) == (8, first.extents, {7: {((0, 1),), ((0, 2),)}})
+
+
+def test_bookkeeping_of_a_2d_image_and_mixed_plane_lengths_round_trips(tmp_path):
+    import zarr
+
+    from napari_sam_hq.engine.labels import open_labels_zarr
+
+    path = tmp_path / "plane.zarr"
+    volume = LabelVolume(open_labels_zarr(path, (32, 48)))
+    volume.extents = {1: [[0, 5], [2, 9]], 2: [[3, 4], [1, 2]]}
+    volume.seeds = {1: {()}, 2: {(), ((0, 3),)}}  # a 2D plane has no slicing axis; one padded row
+    volume.claim(2)
+    again = LabelVolume(zarr.open_array(str(path), mode="r+"))
+    assert (again.extents, again.seeds) == (volume.extents, volume.seeds)
