@@ -109,3 +109,34 @@ def test_labels_on_disk_are_measured_in_the_background_plane_by_plane(make_napar
     assert layer.features["label"].tolist() == [4, 11] and widget.table.rowCount() == 2
     assert type(layer.data).__module__.startswith("zarr") and widget.measure_button.isEnabled()
     assert widget.measure()["label"].tolist() == [4, 11]  # the scripted form returns the table
+
+
+def test_measure_returns_when_its_worker_finished_before_it_waited(make_napari_viewer, checkpoint, monkeypatch):
+    """``measure()`` for scripts: a worker that is done before the call starts waiting (a small
+    image measures in less than a thread switch) must not leave it waiting for ever."""
+    from qtpy.QtCore import QThreadPool
+
+    from napari_sam_hq._napari import tools
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image(60, 70, seed=3, channels=1), name="img")
+    labels = np.zeros((60, 70), np.uint16)
+    labels[5:20, 5:30], labels[30:50, 35:60] = 1, 2
+    viewer.add_labels(labels, name="mine")
+    widget = _widget(viewer, checkpoint)
+    widget.labels_combo.setCurrentText("mine")
+    start = widget.start_measure
+
+    def start_and_let_it_finish():
+        worker = start()
+        QThreadPool.globalInstance().waitForDone(20_000)  # the job ran to its end; no Qt event yet
+        return worker
+
+    monkeypatch.setattr(widget, "start_measure", start_and_let_it_finish)
+    waits = []
+    wait = tools.process_events_until
+    monkeypatch.setattr(tools, "process_events_until",
+                        lambda done, **kw: waits.append(wait(done, timeout=20, **kw)) or waits[-1])
+    table = widget.measure()
+    assert waits == [True]  # done, not timed out
+    assert table["label"].tolist() == [1, 2]

@@ -290,12 +290,12 @@ class MeasureTool:
         there is nothing to measure). It runs as the button does, plane by plane in the
         background (labels on disk are never loaded whole; engine/measure.py), while this
         call processes Qt events until it is done: for scripts."""
-        worker = self.start_measure()
-        if worker is None:
+        if self.start_measure() is None:
             return None
-        done = []
-        worker.finished.connect(lambda: done.append(True))
-        process_events_until(lambda: bool(done))
+        # the slot is cleared by the handler run_tool connected before the start: a handler
+        # connected here, after it, missed the signal of a worker that had already finished
+        # (a small image measures in less than a thread switch) and waited for ever
+        process_events_until(lambda: self._measure_worker is None)
         return self.measurements
 
     def start_measure(self):
