@@ -124,7 +124,7 @@ def test_help_and_a_store_reusing_embed_never_import_torch(ckpt, tmp_path):
 
 def test_segment_from_napari_csvs_writes_one_id_per_object(ckpt, tmp_path):
     stack = np.stack([blob_image(80, 100, seed=s, channels=1) for s in range(3)])
-    tifffile.imwrite(tmp_path / "img.tif", stack)
+    tifffile.imwrite(tmp_path / "img.tif", stack, photometric="minisblack")  # three slices
     pts = _save_points(
         tmp_path / "p.csv", [[0, 40, 50], [0, 10, 10], [2, 40, 50]], ["positive", "negative", "positive"]
     )
@@ -134,6 +134,8 @@ def test_segment_from_napari_csvs_writes_one_id_per_object(ckpt, tmp_path):
                  "--points", str(pts), "--boxes", str(boxes), "--out", str(out), "--store", "none"]) == 0
     labels = tifffile.imread(out)
     assert labels.shape == (3, 80, 100) and labels.dtype == np.uint16
+    with tifffile.TiffFile(out) as tif:  # three grey slices, not one RGB image
+        assert len(tif.pages) == 3 and tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
     # slice 1: two boxes, two ids; slices 0 and 2: one object of points only, one shared id
     assert len(set(np.unique(labels[1])) - {0}) == 2
     assert set(np.unique(labels[0])) - {0} == set(np.unique(labels[2])) - {0} and labels[0].any()

@@ -260,12 +260,14 @@ def labels_dtype(max_id: int) -> np.dtype:
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
-    """Labels as a TIFF, uint16 when the ids fit, else uint32 (atomically)."""
+    """Labels as a TIFF, uint16 when the ids fit, else uint32 (atomically), grey planes: a
+    stack of 3 or 4 slices would otherwise be written as one RGB(A) image (tifffile's
+    default for that shape), which other readers show as colour."""
     import tifffile
 
     labels = np.asarray(labels)
     data = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack"))
 
 
 def write_table(path: str | Path, table) -> Path:
