@@ -221,6 +221,7 @@ def test_masks_of_a_cell_compute_a_few_blocks():
     ],
 )
 @pytest.mark.parametrize("band_rows", [None, 7])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # float64 beyond float32 is inf by design, silently
 def test_model_image_is_the_plain_chain(image, limits, band_rows, monkeypatch):
     """``model_image`` (grey images scaled and resized as one channel, its limits found and
     its pixels scaled a band of rows at a time) gives the exact pixels of

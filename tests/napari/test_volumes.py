@@ -18,6 +18,7 @@ def _stack(n: int, h: int = 64, w: int = 80) -> np.ndarray:
     return np.stack([blob_image(h, w, seed=s, channels=1) for s in range(n)])
 
 
+@pytest.mark.filterwarnings("error:viewer.camera:DeprecationWarning")  # napari >= 0.9: viewer.scene.camera
 def test_slice_on_screen_first_then_its_neighbours(make_napari_viewer, qtbot, checkpoint):
     viewer = make_napari_viewer()
     layer = viewer.add_image(_stack(12), name="stack")

@@ -381,7 +381,9 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
     def _view_centre(self, layer, ann) -> tuple[float, float] | None:
         """The point at the centre of the view, in plane (x, y) pixels of ``ann``'s orientation."""
         ndim = len(spatial_shape(layer))
-        centre = np.asarray(self.viewer.camera.center)[-2:]
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 (viewer.camera is deprecated there)
+        camera = scene.camera if scene is not None else self.viewer.camera
+        centre = np.asarray(camera.center)[-2:]
         point = np.asarray(self.viewer.dims.point, float).copy()
         point[list(self.viewer.dims.displayed)] = centre
         data = np.asarray(layer.world_to_data(point[-ndim:]))

@@ -82,7 +82,8 @@ def _limits(data: np.ndarray, contrast_limits: tuple[float, float] | None) -> tu
     rows = max(1, _SCALE_BAND_BYTES // max(1, 4 * data[:1].size))
     lo = hi = None
     for r0 in range(0, data.shape[0], rows):
-        band = np.asarray(data[r0 : r0 + rows], np.float32)  # values beyond float32 become inf
+        with np.errstate(over="ignore"):  # values beyond float32 become inf: not finite, by design
+            band = np.asarray(data[r0 : r0 + rows], np.float32)
         band = band[np.isfinite(band)]
         if band.size:
             lo = float(band.min()) if lo is None else min(lo, float(band.min()))
@@ -93,7 +94,8 @@ def _limits(data: np.ndarray, contrast_limits: tuple[float, float] | None) -> tu
 def _scale_band(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``data`` (any part of an image) mapped from ``[lo, hi]`` (``hi > lo``) to float32 in
     [0, 255], clipped, non-finite values at ``lo``: a new float32 array."""
-    out = np.array(data, dtype=np.float32, copy=True)
+    with np.errstate(over="ignore"):  # beyond float32: inf, then the low limit as any non-finite value
+        out = np.array(data, dtype=np.float32, copy=True)
     if not np.issubdtype(data.dtype, np.integer):
         out[~np.isfinite(out)] = lo
     out -= np.float32(lo)
