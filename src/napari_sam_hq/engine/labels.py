@@ -114,19 +114,15 @@ def _ints(values: Iterable[int], count: int) -> np.ndarray:
 def _meta(next_label: int | None, extents: dict[int, list[list[int]]], seeds: dict[int, set]) -> dict:
     """The bookkeeping as stored (format 2). Extents: one row per label, ``label, lo, hi``
     per axis. Seeds: one row per plane, ``label, pairs, axis, index, ...`` padded with -1 to
-    the longest plane. Built with C-level iteration (``np.fromiter``): 50,000 labels in
-    ~30 ms, where rows built as Python lists took ~180 ms and the JSON dicts of format 1
-    ~1.2 s per save."""
-    ndim = max((len(box) for box in extents.values()), default=0)
-    if all(len(box) == ndim for box in extents.values()):
-        n = len(extents)
-        ext = np.column_stack([
-            _ints(extents, n),
-            _ints(chain.from_iterable(chain.from_iterable(extents.values())), n * 2 * ndim).reshape(n, 2 * ndim),
-        ])
-    else:  # boxes of several lengths (not made here): padded rows
-        ext = np.array([[k, *(v for lo_hi in box for v in lo_hi), *[-1] * (2 * (ndim - len(box)))]
-                        for k, box in extents.items()], dtype=np.int64).reshape(-1, 1 + 2 * ndim)
+    the longest plane (a 2D image's planes are empty). Every box has the volume's axes.
+    Built with C-level iteration (``np.fromiter``): a save of 50,000 labels takes ~60 ms,
+    where rows built as Python lists took ~180 ms and format 1's JSON dicts 1.1-1.5 s."""
+    n = len(extents)
+    ndim = len(next(iter(extents.values()))) if extents else 0
+    ext = np.column_stack([
+        _ints(extents, n),
+        _ints(chain.from_iterable(chain.from_iterable(extents.values())), n * 2 * ndim).reshape(n, 2 * ndim),
+    ])
     labels = [k for k, v in seeds.items() for _ in v]
     planes = [plane for v in seeds.values() for plane in v]
     pairs = max((len(plane) for plane in planes), default=0)
