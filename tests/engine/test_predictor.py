@@ -246,6 +246,29 @@ def test_predictors_of_one_model_share_the_positional_encoding(small_pair):
         np.testing.assert_array_equal(a.predict(**kw).low_res_logits, c.predict(**kw).low_res_logits)
 
 
+def test_a_ready_predictor_holds_its_embedding_once(small_pair):
+    """The prepared image tokens are the embedding's own rows (the "no mask" prompt is added
+    where they are used): a decoder-ready tile holds the embedding, the HQ features and the
+    first block's projections, and nothing else (4 MB less of each of a session's tiles)."""
+    import torch
+
+    p = SamHQPredictor(small_pair.ours)
+    p.set_image(blob_image(120, 90, seed=4), keep_early=False)  # as a session keeps its tiles
+    tokens = p._image_tokens
+    assert tokens.rows.untyped_storage().data_ptr() == p._embedding.untyped_storage().data_ptr()
+    own = [p._embedding, p._hq, tokens.token_to_image_k, tokens.token_to_image_v, tokens.image_to_token_q,
+           tokens.row_offset]
+    assert sum(_storages(p).values()) == p._dense_pe.nbytes + sum(t.nbytes for t in own)
+    # and a mask prompt (the tokens made again, from the embedding) and the stored embedding still work
+    emb = p.get_image_embedding(early=False)
+    assert emb.image_embedding.flags.c_contiguous
+    with torch.inference_mode():
+        assert torch.equal(torch.as_tensor(emb.image_embedding), p._embedding)
+    first = p.predict(point_coords=[[40, 60]], point_labels=[1])
+    again = p.predict(point_coords=[[40, 60]], point_labels=[1], mask_input=first.low_res_logits)
+    assert again.masks.shape == first.masks.shape
+
+
 def test_the_shared_encoding_follows_new_weights(small_pair):
     import torch
 

@@ -224,6 +224,27 @@ def test_prepared_image_tokens_give_the_same_masks(decoder, b):
     assert_close(prepared[1], plain[1])
 
 
+@pytest.mark.parametrize("kind", ["channel", "expanded", "pixel"])
+def test_prepared_tokens_keep_a_constant_dense_prompt_as_an_offset(decoder, kind):
+    """A dense prompt that is the same at every pixel (no mask prompt) is added where the
+    tokens are used, not stored as a second copy of the embedding; the tokens are the same
+    values either way, bit for bit."""
+    emb, pe, sparse, dense, early = _decoder_inputs(1, seed=11)
+    if kind == "expanded":  # as the prompt encoder gives it: stride 0 over h x w
+        dense = dense.expand(1, -1, 64, 64)
+    elif kind == "pixel":  # a mask prompt: different at every pixel
+        dense = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        tokens = decoder.prepare_image(emb, pe, dense)
+        summed = (emb + dense).flatten(2).transpose(1, 2)
+        assert torch.equal(tokens.keys(), summed)
+        assert (tokens.row_offset is None) == (kind == "pixel")
+        hq = decoder.hq_features(emb, early)
+        plain = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False)
+        prepared = decoder(emb, pe, sparse, dense, hq, multimask_output=True, hq_token_only=False, image_tokens=tokens)
+    assert torch.equal(prepared[0], plain[0]) and torch.equal(prepared[1], plain[1])
+
+
 def _plain_attention(attn, q, k, v):
     """The official Attention: project, split heads, softmax(q k^T / sqrt(d)) v, merge, project."""
     heads = attn.num_heads

@@ -218,8 +218,8 @@ class _Transformers5xUpscalingInput(torch.nn.Module):
         super().__init__()
         self.transformer, self.pre_tokens = transformer, pre_tokens
 
-    def prepare_image(self, src, pe):
-        return self.transformer.prepare_image(src, pe)
+    def prepare_image(self, src, pe, dense=None):
+        return self.transformer.prepare_image(src, pe, dense)
 
     def forward_prepared(self, image_tokens, tokens):
         hs, _ = self.transformer.forward_prepared(image_tokens, tokens)

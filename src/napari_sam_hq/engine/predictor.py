@@ -143,6 +143,10 @@ class SamHQPredictor:
     def _set_state(self, embedding: torch.Tensor, early: torch.Tensor, hq: torch.Tensor, frames: Frames) -> None:
         decoder, prompt_encoder = self.model.mask_decoder, self.model.prompt_encoder
         with torch.inference_mode():
+            # the same 1 x C x h x w values, stored as rows hw x C: the prepared image tokens
+            # are those rows (plus the "no mask" offset where used), so they share its 4 MB
+            embedding = embedding.flatten(2).transpose(1, 2).contiguous().transpose(1, 2).unflatten(
+                2, embedding.shape[-2:])
             tokens = decoder.prepare_image(embedding, self._dense_pe, prompt_encoder.no_mask_dense())
         self._embedding, self._early, self._hq, self._frames = embedding, early, hq, frames
         self._image_tokens = tokens
@@ -166,7 +170,7 @@ class SamHQPredictor:
 
     def _embedding_of(self, embedding, early, hq, frames: Frames, *, dtype=np.float32) -> ImageEmbedding:
         def array(t: torch.Tensor | None) -> np.ndarray | None:
-            return None if t is None else t.float().cpu().numpy().astype(dtype)
+            return None if t is None else np.ascontiguousarray(t.float().cpu().numpy(), dtype=dtype)
 
         return ImageEmbedding(
             image_embedding=array(embedding),

@@ -135,7 +135,7 @@ class MaskDecoderHQ(nn.Module):
         Without a mask prompt the dense embedding is a constant, so this can be computed once
         per image and passed to every ``predict_masks`` call as ``image_tokens``.
         """
-        return self.transformer.prepare_image(image_embeddings + dense_prompt_embeddings, image_pe)
+        return self.transformer.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
 
     def predict_masks(
         self,

@@ -130,16 +130,27 @@ class ImageTokens(NamedTuple):
     """The image side of the transformer input, computed once and shared by prompts (and,
     in the predictor, by every call on the same image while no mask prompt is given).
 
-    ``keys`` and ``key_pe`` are ``1 x hw x C``; the rest are the first block's projections
+    ``rows`` and ``key_pe`` are ``1 x hw x C``; the rest are the first block's projections
     of the image tokens, which do not depend on the prompt: token-to-image k and v as heads
     (``1 x heads x hw x d``), image-to-token q as rows (``1 x hw x heads*d``).
+
+    The image tokens are ``keys()``: ``rows`` themselves, or, when the dense prompt is the
+    same at every pixel (no mask prompt), the embedding's rows plus that ``row_offset``
+    (``1 x 1 x C``), added where they are used. Then ``rows`` can be the embedding's own
+    memory: a session keeps up to ten tiles prepared, and the sum kept would be 4 MB more
+    of each. The values are the same (the same float additions).
     """
 
-    keys: torch.Tensor
+    rows: torch.Tensor
     key_pe: torch.Tensor
     token_to_image_k: torch.Tensor
     token_to_image_v: torch.Tensor
     image_to_token_q: torch.Tensor
+    row_offset: torch.Tensor | None = None
+
+    def keys(self) -> torch.Tensor:
+        """The image tokens ``1 x hw x C`` (embedding + dense prompt)."""
+        return self.rows if self.row_offset is None else self.rows + self.row_offset
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -253,13 +264,31 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageTokens:
-        """Image ``1 x C x h x w`` (embedding + dense prompt) and pe -> shareable ``ImageTokens``."""
+    def prepare_image(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor | None = None
+    ) -> ImageTokens:
+        """Image ``1 x C x h x w`` and pe -> shareable ``ImageTokens`` of ``image_embedding +
+        dense`` (``dense``: the dense prompt embedding, broadcastable, or ``None`` when it is
+        added already). A dense prompt that is the same at every pixel (``1 x C x 1 x 1``, or
+        expanded to ``h x w`` with stride 0) is kept as the tokens' ``row_offset``."""
         # B C h w -> B hw C, made contiguous once: on the transposed view every add and
-        # projection ran several times slower (strided reads).
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        return ImageTokens(keys, key_pe, *self.layers[0].image_projections(keys, key_pe))
+        # projection ran several times slower (strided reads). No copy for an embedding
+        # laid out as rows already (the predictor keeps it so).
+        def as_rows(t: torch.Tensor) -> torch.Tensor:
+            return t.flatten(2).transpose(1, 2).contiguous()
+
+        offset = None
+        if dense is None:
+            rows = as_rows(image_embedding)
+        elif dense.shape[0] == 1 and all(
+            n == 1 or st == 0 for n, st in zip(dense.shape[2:], dense.stride()[2:], strict=True)
+        ):
+            rows, offset = as_rows(image_embedding), as_rows(dense[:, :, :1, :1])
+        else:
+            rows = as_rows(image_embedding + dense)
+        key_pe = as_rows(image_pe)
+        keys = rows if offset is None else rows + offset
+        return ImageTokens(rows, key_pe, *self.layers[0].image_projections(keys, key_pe), offset)
 
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
@@ -275,7 +304,7 @@ class TwoWayTransformer(nn.Module):
         self, image: ImageTokens, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` with the image side from ``prepare_image``."""
-        queries, keys, key_pe = point_embedding, image.keys, image.key_pe
+        queries, keys, key_pe = point_embedding, image.keys(), image.key_pe
         first = (image.token_to_image_k, image.token_to_image_v, image.image_to_token_q)
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, first if i == 0 else None)
