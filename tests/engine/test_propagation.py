@@ -185,3 +185,34 @@ def test_a_propagation_keeps_its_masks_packed():
     assert sys.getsizeof(packed.crop[0]) < 20_000 < mask.nbytes
     empty = ObjectMask(np.zeros((8, 8), bool), 0.1, obj.low_res_logits, obj.tile).packed()
     assert empty.box is None and not empty.mask.any() and empty.mask.shape == (8, 8)
+
+
+def test_a_propagation_keeps_few_tiles_decoder_ready_then_gives_the_limit_back():
+    """Each slice's tiles serve a propagation once or twice: it keeps at most
+    PROPAGATION_READY_TILES decoder-ready (the ones there before go first), and the session
+    keeps its own number again after it, also when the propagation is stopped midway."""
+    from napari_sam_hq.engine.propagation import PROPAGATION_READY_TILES
+
+    image, truth = ellipsoid_volume((30, 96, 96), (((14, 48, 48), (12, 30, 24)),), seed=3)
+    session = SegmentationSession(FakeModel(), image, store=EmbeddingStore(None, max_in_memory=64),
+                                  predictor_factory=FakePredictor, max_ready=8)
+    whole = session.grid.tiles[0]
+    for z in range(8):
+        session.tile_predictor((z,), whole)
+    assert len(session._ready) == 8
+    seeds = seeds_from_labels(truth, slices={1: {14}})
+    sizes = [len(session._ready) for _ in iter_propagate(session, seeds)]
+    assert len(sizes) > 10 and max(sizes) <= PROPAGATION_READY_TILES < 8
+    for z in range(8):
+        session.tile_predictor((z,), whole)
+    assert len(session._ready) == 8
+    steps = iter_propagate(session, seeds)
+    next(steps)
+    assert len(session._ready) <= PROPAGATION_READY_TILES
+    steps.close()  # a cancelled propagation
+    for z in range(8):
+        session.tile_predictor((z,), whole)
+    assert len(session._ready) == 8
+    with pytest.raises(ValueError, match="at least one"):
+        with session.ready_at_most(0):
+            pass

@@ -29,6 +29,10 @@ from scipy import ndimage
 from . import memory
 from .session import ObjectMask, SegmentationSession, SliceKey
 
+# Decoder-ready tiles a propagation keeps: each slice's tiles are decoded once or twice (the
+# first tile, then the one that holds a cut mask whole) and never again.
+PROPAGATION_READY_TILES = 3
+
 
 @dataclass(frozen=True)
 class PropagationSettings:
@@ -157,42 +161,43 @@ def iter_propagate(
     distance: dict[tuple[int, int], int] = {}
     total = max(1, sum(abs(t.stop - t.seed) for t in tracks))
     done = 0
-    while tracks:
-        by_slice: dict[int, list[_Track]] = {}
-        for t in tracks:
-            by_slice.setdefault(t.position + t.step, []).append(t)
-        alive: list[_Track] = []
-        for z, group in sorted(by_slice.items()):
-            objects = []
-            for t in group:
-                obj = prompt_from_mask(t.prev.mask)
-                if settings.use_mask_input and t.prev.tile is not None:
-                    obj.update(mask_input=t.prev.low_res_logits, tile=t.prev.tile)
-                objects.append(obj)
-            results = session.segment(key_at(z), objects)
-            for t, res in zip(group, results, strict=True):
-                done += 1
-                t.position = z
-                ended = (
-                    res.mask.sum() < settings.min_area
-                    or res.score < settings.score_threshold
-                    or _iou(res.mask, t.prev.mask) < settings.iou_threshold
-                )
-                if ended:
-                    done += abs(t.stop - z)
-                    continue
-                d = abs(z - t.seed)
-                if z not in seed_slices[t.label]:
-                    best = distance.get((t.label, z))
-                    if best is None or d < best:
-                        distance[(t.label, z)] = d
-                        found.setdefault(z, {})[t.label] = res.packed()  # KBs, not a plane each
-                t.prev = res
-                if z == t.stop:
-                    continue
-                alive.append(t)
-            yield min(done / total, 1.0), f"slice {z}: {len(group)} object(s)"
-        tracks = alive
+    with session.ready_at_most(PROPAGATION_READY_TILES):  # its tiles are used once or twice each
+        while tracks:
+            by_slice: dict[int, list[_Track]] = {}
+            for t in tracks:
+                by_slice.setdefault(t.position + t.step, []).append(t)
+            alive: list[_Track] = []
+            for z, group in sorted(by_slice.items()):
+                objects = []
+                for t in group:
+                    obj = prompt_from_mask(t.prev.mask)
+                    if settings.use_mask_input and t.prev.tile is not None:
+                        obj.update(mask_input=t.prev.low_res_logits, tile=t.prev.tile)
+                    objects.append(obj)
+                results = session.segment(key_at(z), objects)
+                for t, res in zip(group, results, strict=True):
+                    done += 1
+                    t.position = z
+                    ended = (
+                        res.mask.sum() < settings.min_area
+                        or res.score < settings.score_threshold
+                        or _iou(res.mask, t.prev.mask) < settings.iou_threshold
+                    )
+                    if ended:
+                        done += abs(t.stop - z)
+                        continue
+                    d = abs(z - t.seed)
+                    if z not in seed_slices[t.label]:
+                        best = distance.get((t.label, z))
+                        if best is None or d < best:
+                            distance[(t.label, z)] = d
+                            found.setdefault(z, {})[t.label] = res.packed()  # KBs, not a plane each
+                    t.prev = res
+                    if z == t.stop:
+                        continue
+                    alive.append(t)
+                yield min(done / total, 1.0), f"slice {z}: {len(group)} object(s)"
+            tracks = alive
     memory.trim()  # the encoder's and decoder's temporaries back to the system
     return found
 

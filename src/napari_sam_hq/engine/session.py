@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -343,8 +344,29 @@ class SegmentationSession:
         with self._lock:
             self._ready[entry] = predictor
             self._ready.move_to_end(entry)
+            self._trim_ready()
+
+    def _trim_ready(self) -> None:
+        with self._lock:
             while len(self._ready) > self._max_ready:
                 self._ready.popitem(last=False)
+
+    @contextmanager
+    def ready_at_most(self, n: int) -> Iterator[None]:
+        """Keep at most ``n`` decoder-ready tiles (the least recently used go now) while the
+        block runs, then the session's own limit again. For bulk work that uses each tile
+        once or twice, such as a propagation: the interactive plane's tiles (~18 MB each)
+        would only add to its peak, and its own would push them out all the same."""
+        if n < 1:
+            raise ValueError(f"keep at least one decoder-ready tile, got {n}")
+        with self._lock:
+            before, self._max_ready = self._max_ready, min(self._max_ready, n)
+            self._trim_ready()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._max_ready = before
 
     def tile_predictor(self, key: SliceKey, tile: Tile, lookup=None) -> SamHQPredictor:
         """A decoder-ready predictor for one tile of slice ``key``; encodes the tile now if the
