@@ -70,7 +70,7 @@ class SamHQ(nn.Module):
     def inference_pe(self) -> torch.Tensor:
         """The positional encoding of the embedding grid, ``1 x C x h x w``, computed once (in
         inference mode) and shared by every predictor of this model: 4 MB each, and a
-        session keeps six decoder-ready tiles. (Its memory is laid out as rows ``hw x C``,
+        session keeps up to ten decoder-ready tiles. (Its memory is laid out as rows ``hw x C``,
         so the transformer's view of it as rows shares it too.)
 
         Computed again when the encoding's random matrix, its device or its dtype changes
