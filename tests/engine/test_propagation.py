@@ -216,3 +216,16 @@ def test_a_propagation_keeps_few_tiles_decoder_ready_then_gives_the_limit_back()
     with pytest.raises(ValueError, match="at least one"):
         with session.ready_at_most(0):
             pass
+    # two at once, lifted in the other order (two threads): the lower holds until both end
+    first, second = session.ready_at_most(2), session.ready_at_most(5)
+    first.__enter__()
+    second.__enter__()
+    assert len(session._ready) == 2
+    first.__exit__(None, None, None)
+    for z in range(8):
+        session.tile_predictor((z,), whole)
+    assert len(session._ready) == 5
+    second.__exit__(None, None, None)
+    for z in range(8):
+        session.tile_predictor((z,), whole)
+    assert len(session._ready) == 8

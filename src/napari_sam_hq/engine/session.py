@@ -124,6 +124,7 @@ class SegmentationSession:
         self._factory = predictor_factory or _default_predictor
         self._ready: OrderedDict[str, SamHQPredictor] = OrderedDict()
         self._max_ready = max_ready
+        self._ready_caps: list[int] = []  # lower limits while bulk work runs (ready_at_most)
         if embed_batch is not None and embed_batch < 1:
             raise ValueError(f"embed_batch must be at least 1, got {embed_batch}")
         self._embed_batch = embed_batch
@@ -348,7 +349,8 @@ class SegmentationSession:
 
     def _trim_ready(self) -> None:
         with self._lock:
-            while len(self._ready) > self._max_ready:
+            limit = min([self._max_ready, *self._ready_caps])
+            while len(self._ready) > limit:
                 self._ready.popitem(last=False)
 
     @contextmanager
@@ -360,13 +362,13 @@ class SegmentationSession:
         if n < 1:
             raise ValueError(f"keep at least one decoder-ready tile, got {n}")
         with self._lock:
-            before, self._max_ready = self._max_ready, min(self._max_ready, n)
+            self._ready_caps.append(n)  # several at once (threads) lift in any order
             self._trim_ready()
         try:
             yield
         finally:
             with self._lock:
-                self._max_ready = before
+                self._ready_caps.remove(n)
 
     def tile_predictor(self, key: SliceKey, tile: Tile, lookup=None) -> SamHQPredictor:
         """A decoder-ready predictor for one tile of slice ``key``; encodes the tile now if the
