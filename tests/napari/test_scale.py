@@ -5,8 +5,10 @@ download in the widget's progress bar."""
 
 from __future__ import annotations
 
+import gc
 import types
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from napari_sam_hq._napari import constants as C
 
 from ..conftest import blob_image
-from .test_widget import TIMEOUT, _widget
+from .test_widget import TIMEOUT, _owner, _widget
 
 pytestmark = pytest.mark.gui
 WAIT = TIMEOUT / 1000
@@ -88,8 +90,11 @@ def test_prompt_cost_is_one_plane_preview_shows_on_its_slice_only(make_napari_vi
     assert not preview.visible  # no prompts on slice 13
     viewer.dims.set_current_step(0, 12)
     assert preview.visible
+    shown = weakref.ref(_owner(preview.data))
     assert widget.commit()
-    assert not preview.visible and preview.data.size == 1  # a committed preview's pixels are let go
+    assert not preview.visible and preview.data.size == 1  # a committed preview's pixels are let go,
+    gc.collect()
+    assert shown() is None  # napari's slice of them too (32 MB at 4096 x 4096)
     widget.wait(timeout=WAIT)  # the neighbours' prefetch, before the viewer closes
 
 

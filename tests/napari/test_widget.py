@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -38,6 +40,11 @@ def _ready(widget, layer) -> list:
     return [k for k in session.keys if session.is_ready(k)]
 
 
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array that owns ``array``'s memory (a view's base)."""
+    return array if array.base is None else array.base
+
+
 def _wait_preview(qtbot, widget, n_objects: int):
     widget.wait(timeout=TIMEOUT / 1000)
     preview = widget.annotator().preview
@@ -60,11 +67,14 @@ def test_2d_points_preview_commit_undo(make_napari_viewer, qtbot, checkpoint):
     assert preview.visible and preview.data.shape == crop.shape  # (random weights: the box may be all)
     np.testing.assert_allclose(preview.translate, [y0, x0])
     assert np.array_equal(preview.data == 1, obj.mask[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]])
+    shown = weakref.ref(_owner(preview.data))  # the pixels themselves, not a view of them
     widget.commit_button.click()
     labels = viewer.layers[C.LABELS_LAYER]
     assert labels.data.shape == (200, 260)
     assert np.array_equal(labels.data > 0, obj.mask)
     assert len(points.data) == 0 and not preview.visible and not widget.annotator().preview
+    gc.collect()  # the committed preview's pixels are let go, napari's slice of them too (32 MB at 4096 x 4096)
+    assert shown() is None
     widget.undo_button.click()
     assert not labels.data.any()
     widget.redo_button.click()

@@ -754,10 +754,12 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         here = current_key(self.viewer, layer, orientation)
         crop = ann.preview_crop(here) if ann.orientation == orientation else None
         if crop is None:
-            preview.visible = False
             if preview.data.size > 1:  # let go of the pixels and napari's textures of them: a
-                # whole-plane preview at 4096 x 4096 kept 32 MB (and its textures) after its commit
+                # whole-plane preview at 4096 x 4096 kept 32 MB (and its textures) after its
+                # commit. Before hiding: a hidden layer is not sliced again, and its old slice
+                # would keep the pixels
                 preview.data = _no_preview(ndim)
+            preview.visible = False
             return
         (y0, x0), pixels = crop
         start = np.zeros(ndim)
