@@ -105,6 +105,7 @@ class SamHQPredictor:
         model = self.model
         with torch.inference_mode():
             steps = model.iter_encode(x[None])
+            del x  # the encoder holds its input only until it is normalised
             total = model.num_encode_steps
             try:
                 while True:

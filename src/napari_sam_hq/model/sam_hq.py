@@ -108,7 +108,9 @@ class SamHQ(nn.Module):
         ``B x 256 x 64 x 64``, early feature ``B x 64 x 64 x Cv`` and HQ features
         ``B x 32 x 256 x 256``. Yields the steps done out of ``num_encode_steps``.
         """
-        embedding, early = yield from self.image_encoder.iter_forward(self.preprocess(x.to(self.dtype)))
+        steps = self.image_encoder.iter_forward(self.preprocess(x.to(self.dtype)))
+        del x  # the input is let go once normalised (12 MB at 1024 x 1024) if the caller lets go too
+        embedding, early = yield from steps
         hq = self.mask_decoder.hq_features(embedding, early)
         yield self.num_encode_steps
         return embedding, early, hq
