@@ -229,3 +229,29 @@ def test_a_propagation_keeps_few_tiles_decoder_ready_then_gives_the_limit_back()
     for z in range(8):
         session.tile_predictor((z,), whole)
     assert len(session._ready) == 8
+
+
+def test_tiles_dropped_by_a_lower_limit_are_given_back_to_the_system(monkeypatch):
+    """The dropped tiles were freed in the encoding thread's malloc arena, which the bulk work's
+    thread does not allocate from: ``ready_at_most`` trims when it dropped some, not otherwise."""
+    from napari_sam_hq.engine import session as session_module
+
+    trims = []
+    monkeypatch.setattr(session_module.memory, "trim", lambda: trims.append(1))
+    image = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)  # 6 distinct planes
+    session = SegmentationSession(FakeModel(), image, store=EmbeddingStore(None, max_in_memory=64),
+                                  predictor_factory=FakePredictor, max_ready=8)
+    whole = session.grid.tiles[0]
+    with session.ready_at_most(2):  # nothing ready: nothing to give back
+        pass
+    assert trims == []
+    for z in range(4):
+        session.tile_predictor((z,), whole)  # (each encode trims too)
+    trims.clear()
+    with session.ready_at_most(2):
+        assert len(session._ready) == 2
+    assert trims == [1]
+    trims.clear()
+    with session.ready_at_most(2):  # two ready, none dropped
+        pass
+    assert trims == []

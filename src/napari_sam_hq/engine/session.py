@@ -362,8 +362,14 @@ class SegmentationSession:
         if n < 1:
             raise ValueError(f"keep at least one decoder-ready tile, got {n}")
         with self._lock:
+            before = len(self._ready)
             self._ready_caps.append(n)  # several at once (threads) lift in any order
             self._trim_ready()
+            dropped = before - len(self._ready)
+        if dropped:
+            # their tensors are freed in the arena of the thread that encoded them, which the
+            # bulk work (another thread) may not allocate from: back to the system, not kept
+            memory.trim()
         try:
             yield
         finally:
