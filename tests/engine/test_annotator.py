@@ -11,6 +11,7 @@ from napari_sam_hq.engine.annotator import Annotator, SlicePrompts
 from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
 from napari_sam_hq.engine.propagation import PropagationSettings
 from napari_sam_hq.engine.store import EmbeddingStore
+from napari_sam_hq.model.steps import exhaust
 
 from .fake_predictor import FakeModel, FakePredictor, disc_image, ellipsoid_volume
 
@@ -184,6 +185,47 @@ def test_propagate_correct_repropagate_in_ram_and_on_disk(tmp_path):
         assert [z for z in range(16) if (now[z] == label).any()] == [8, 12]
         assert ann.undo() and ann.undo()  # re-propagation, then the correction
         np.testing.assert_array_equal(np.asarray(labels.array[:]), before)
+
+
+def test_a_propagation_goes_in_front_of_the_encoding_queue():
+    """While a propagation runs, the queue waits (held steps, nothing encoded) except for the
+    tile a preview waits for; the planes kept read are let go as it starts; after it, or
+    after it is stopped midway, the queue goes on."""
+    import dask.array as da
+
+    image, _ = ellipsoid_volume((16, 96, 96), (((8, 48, 48), (6, 24, 20)),))
+    ann = _annotator(da.from_array(image, chunks=(1, 96, 96)))
+    _drain_after(ann, {(8,): _point(48, 48)})
+    ann.commit()
+    seeds = ann.propagation_seeds((8,))
+    assert ann._lookups  # lazy data: slice 8's plane is kept read
+    ann.request([(1,), (2,)])
+    run = ann.iter_propagate((8,), seeds, PropagationSettings())
+    next(run)
+    assert not ann._lookups
+    model = ann.session.model
+    encodes = model.encodes
+    queue = ann.encode_next()
+    held = [next(queue) for _ in range(2)]
+    assert all(s.held and not s.done and s.key == (1,) for s in held)
+    assert model.encodes == encodes and ann.pending == 2
+    # a prompt on a slice not encoded yet: its tile goes at once
+    assert ann.decode({(14,): _point(48, 48)})[0] == {} and ann.waiting == {(14,)}
+    steps = list(queue)
+    assert not any(s.held for s in steps) and steps[-1].done and steps[-1].key == (14,)
+    assert model.encodes == encodes + 1 and ann.session.is_ready((14,))
+    ann.decode({(14,): _point(48, 48)})
+    assert not ann.waiting
+    assert next(ann.encode_next()).held  # the rest waits again
+    exhaust(run)
+    assert [s.key for s in _drain(ann)] == [(1,), (2,)]
+    # a propagation stopped midway lets the queue go as well
+    ann.request([(3,)])
+    run = ann.iter_propagate((8,), seeds, PropagationSettings())
+    next(run)
+    assert next(ann.encode_next()).held
+    run.close()
+    assert [s.key for s in _drain(ann)] == [(3,)]
 
 
 def test_a_propagation_gives_overlaps_to_the_higher_score_and_keeps_other_labels():

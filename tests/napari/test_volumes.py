@@ -147,6 +147,37 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     reached = [z for z in range(6) if (after[z] == label).any()]
     assert len(reached) > 1 and set(np.unique(after)) == {0, label}
     assert np.array_equal(after[2], before[2])  # the seed slice is kept as committed
+    assert widget.status_label.text().startswith("Propagated")
+    # tiles stored later (the queue waits for a propagation) do not overwrite that report: a
+    # neighbour's, nor the rest of the plane on screen
+    from napari_sam_hq.engine.annotator import EncodeStep
+
+    ann = widget.annotator(viewer.layers["stack"])
+    uid, tile = viewer.layers["stack"].unique_id, ann.session.grid.tiles[0]
+
+    def stored(key):
+        widget._on_embed_yielded(("progress", 1.0, uid, EncodeStep(1.0, key, tile, ann.orientation, True)))
+
+    for key in [(3,), (2,)]:
+        stored(key)
+        assert widget.status_label.text().startswith("Propagated")
+    # over the encoding's own message, the slice on screen's tile says so; a neighbour's does not
+    widget._on_embed_yielded(("status", "Loading vit_tiny…"))
+    stored((3,))
+    assert widget.status_label.text() == "Loading vit_tiny…"
+    stored((2,))
+    assert widget.status_label.text().startswith("Embedding ready (slice 2)")
+    # and for a prompt that waits for it, over any message
+    widget.status_label.setText("Preview: waiting")
+    with ann._lock:
+        ann.waiting.add((2,))
+    try:
+        stored((2,))
+    finally:
+        with ann._lock:
+            ann.waiting.discard((2,))
+    assert widget.status_label.text().startswith("Embedding ready (slice 2)")
+    widget.wait(timeout=TIMEOUT / 1000)
     # correct slice 4 into the same label, then propagate again from the corrections
     viewer.dims.set_current_step(0, 4)
     labels.selected_label = label

@@ -242,16 +242,16 @@ class SegmentEverythingTool:
         if self.auto_stack_check.isChecked() and len(here) > 1:
             show_info("SAM-HQ: whole-stack linking works along one slicing axis; segmenting this slice only")
         keys = None if whole else [here]
-        return run_tool(self, self._auto_job(ann.session, keys, settings), slot="_auto_worker",
+        return run_tool(self, self._auto_job(ann, keys, settings), slot="_auto_worker",
                         button=self.auto_button,
                         returned=lambda labels: self._on_auto_done(ann, target, None if whole else here, labels),
                         message="Segmenting everything…")
 
     @torch_job
-    def _auto_job(self, session, keys, settings):
+    def _auto_job(self, ann, keys, settings):
         from ..engine.automatic import iter_segment_everything
 
-        return (yield from iter_segment_everything(session, keys, settings))
+        return (yield from ann.in_front(iter_segment_everything(ann.session, keys, settings)))
 
     def _on_auto_done(self, ann, target, key: SliceKey | None, labels: np.ndarray) -> None:
         if target not in self.viewer.layers:

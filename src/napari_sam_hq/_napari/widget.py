@@ -87,6 +87,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         self._bindings: dict[Any, LayerLabels] = {}  # labels layer.unique_id -> its LabelVolume
         self._lock = threading.RLock()
         self._embed_worker = None
+        self._embed_said = ""  # the status the encoding set last: it replaces only its own
         self._decode_worker = None
         self._decode_dirty = False
         self._errors: list[Exception] = []  # errors reported to the user, not yet raised by wait()
@@ -535,7 +536,7 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
         self.compute_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setValue(0)
-        self.status_label.setText("Computing embeddings…")
+        self._say_embedding("Computing embeddings…")
         worker.start()
         return worker
 
@@ -586,21 +587,23 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
     def _on_embed_yielded(self, message: tuple) -> None:
         kind = message[0]
         if kind == "status":
-            self.status_label.setText(message[1])
+            self._say_embedding(message[1])
         elif kind == "error":
             self._report_error(message[1])
         elif kind == "download":
             _, name, done, total = message
             if total:
                 self.progress_bar.setValue(int(1000 * done / total))
-                self.status_label.setText(f"Downloading {name}: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
+                self._say_embedding(f"Downloading {name}: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
             else:
-                self.status_label.setText(f"Downloading {name}: {done / 2**20:.0f} MB")
+                self._say_embedding(f"Downloading {name}: {done / 2**20:.0f} MB")
         elif kind == "model":
             show_info(f"SAM-HQ: loaded {message[1].name} on {message[1].device}")
             self.request_preview()
         elif kind == "progress":
             _, fraction, uid, step = message
+            if step.held:  # waiting for a propagation (segment everything): its progress shows
+                return
             self.progress_bar.setValue(int(1000 * fraction))
             if not step.done:
                 return
@@ -608,10 +611,23 @@ class SamHQWidget(PropagationTool, SegmentEverythingTool, AdaptTool, RefineTool,
             ours = layer is not None and layer.unique_id == uid
             if ours:
                 ann = self.annotator(layer)
-                where = f" (slice {step.key[0] if len(step.key) == 1 else step.key})" if step.key else ""
-                self.status_label.setText(f"Embedding ready{where}. Click to add points, draw boxes.")
-                if step.key in ann.waiting and step.orientation == ann.orientation:
+                if step.orientation != ann.orientation:
+                    return
+                waited = step.key in ann.waiting
+                # the slice on screen, and only over the encoding's own message or for a prompt
+                # that waits: a neighbour's prefetched tile, or the rest of this plane, would
+                # overwrite what a preview or a tool just said ("Propagated ...")
+                ours_said = self.status_label.text() == self._embed_said
+                if step.key == current_key(self.viewer, layer, ann.orientation) and (ours_said or waited):
+                    where = f" (slice {step.key[0] if len(step.key) == 1 else step.key})" if step.key else ""
+                    self._say_embedding(f"Embedding ready{where}. Click to add points, draw boxes.")
+                if waited:
                     self.request_preview()
+
+    def _say_embedding(self, text: str) -> None:
+        """Show the encoding's status (model load, download, embeddings)."""
+        self._embed_said = text
+        self.status_label.setText(text)
 
     def _on_embed_finished(self) -> None:
         self._embed_worker = None
