@@ -113,3 +113,49 @@ def test_tiles_of_a_stack_are_stored_per_slice_and_tile(tmp_path):
     assert model.encodes == 8  # answered from a stored tile
     r = (res.mask.sum() / np.pi) ** 0.5
     assert abs(r - 50) < 2
+
+
+def test_a_region_lookup_reads_only_the_tiles_it_is_asked_for_and_agrees_with_the_plane():
+    """A propagation's lookup reads each tile's chunks, not the slice's: the same store keys,
+    pixels and limits as the plane's lookup, for dask, zarr and a transposed view; the whole
+    plane only for the coarse tile or when the plane's own limits are needed."""
+    import dask.array as da
+    import zarr
+
+    from napari_sam_hq.engine.orientation import Orientation
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 4000, (3, 96, 128), dtype=np.uint16)
+    reads: list[tuple] = []
+
+    def chunk(block, block_info=None):
+        reads.append(tuple(block_info[None]["chunk-location"]))
+        return block
+
+    lazy = da.from_array(stack, chunks=(1, 32, 32)).map_blocks(chunk, dtype=stack.dtype)
+    z = zarr.create_array(store={}, shape=stack.shape, chunks=(1, 32, 32), dtype=stack.dtype)
+    z[:] = stack
+    transposed = Orientation(3, (0, 2))  # planes of rows = data axis 0, cols = axis 2
+    for data, orientation in ((lazy, None), (z, None), (lazy, transposed)):
+        view = orientation.view(data) if orientation else data
+        session = SegmentationSession(FakeModel(), view, tile_size=64, overlap=16, contrast_limits=(0, 4000),
+                                      predictor_factory=FakePredictor)
+        key = (1,)
+        tiles = session.grid.tiles
+        assert len(tiles) > 2 and tiles[-1].coarse
+        reads.clear()
+        region = session.region_lookup(key)
+        assert not reads  # nothing read before a tile is asked for
+        entry, pixels, limits = region(tiles[0])
+        if data is lazy:
+            assert 0 < len(reads) <= 4 * (1 if orientation is None else 3)  # the tile's chunks only
+        plane = session.entry_lookup(session.plane(key))
+        for tile in tiles:
+            a, b = region(tile), plane(tile)
+            assert a[0] == b[0] and a[2] == b[2] == (0.0, 4000.0) and np.array_equal(a[1], b[1])
+    # no limits given and not uint8: the tiles share the plane's, so the plane is read
+    session = SegmentationSession(FakeModel(), lazy, tile_size=64, overlap=16, predictor_factory=FakePredictor)
+    reads.clear()
+    region = session.region_lookup((1,))
+    assert len(reads) == 12  # 3 x 4 chunks: the whole plane
+    assert region(session.grid.tiles[0])[0] == session.entry_lookup(session.plane((1,)))(session.grid.tiles[0])[0]

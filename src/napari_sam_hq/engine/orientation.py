@@ -108,3 +108,10 @@ class OrientedArray:
         if len(key) != n_lead or not all(isinstance(k, (int, np.integer)) for k in key):
             raise IndexError(f"an oriented view is read one plane at a time (a key of {n_lead} ints), got {key}")
         return np.asarray(self.data[self.orientation.plane_index(key)])
+
+    def region(self, key: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+        """``self[key][rows, cols]``, reading only that region of the data."""
+        index = list(self.orientation.plane_index(tuple(int(k) for k in key)))
+        a, b = self.orientation.plane_axes
+        index[a], index[b] = rows, cols
+        return np.asarray(self.data[tuple(index)])

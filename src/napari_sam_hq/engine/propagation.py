@@ -174,7 +174,8 @@ def iter_propagate(
                     if settings.use_mask_input and t.prev.tile is not None:
                         obj.update(mask_input=t.prev.low_res_logits, tile=t.prev.tile)
                     objects.append(obj)
-                results = session.segment(key_at(z), objects)
+                # only the tiles it decodes from are read (a few chunks of a lazy slice)
+                results = session.segment(key_at(z), objects, lookup=session.region_lookup(key_at(z)))
                 for t, res in zip(group, results, strict=True):
                     done += 1
                     t.position = z

@@ -29,6 +29,7 @@ from ..model.lazy import LazyModel
 from ..model.steps import exhaust
 from . import memory
 from .labels import mask_box, pack, unpack
+from .orientation import OrientedArray
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
 
@@ -183,6 +184,34 @@ class SegmentationSession:
                         part_limits.append(self._limits(plane, False))
                     pixels, limits = plane[tile.slices], part_limits[0]
                 memo[tile] = (content_key(pixels, limits), pixels, limits)
+            return memo[tile]
+
+        return lookup
+
+    def region_lookup(self, key: SliceKey) -> Callable[[Tile], tuple[str, np.ndarray, tuple | None]]:
+        """``entry_lookup`` of slice ``key`` that reads each tile's own pixels when it is first
+        asked for, not the plane: for bulk work that needs one or two tiles of each slice (a
+        propagation). A 4096 x 4096 plane of 1024-pixel chunks is 16 chunks and 32 MB
+        (uint16); a tile is at most 4 chunks. The whole plane is read when a tile needs it:
+        the coarse tile, or contrast limits shared by the plane's parts (none given and not
+        uint8). numpy data is read as views of the plane (it costs nothing)."""
+        key = self.check_key(key)
+        shared = self.contrast_limits is None and np.dtype(self.data.dtype) != np.uint8
+        if isinstance(self.data, np.ndarray) or shared:
+            return self.entry_lookup(self.plane(key))
+        limits = None if self.contrast_limits is None else tuple(float(v) for v in self.contrast_limits)
+        memo: dict[Tile, tuple[str, np.ndarray, tuple | None]] = {}
+        whole: list[Callable] = []
+
+        def lookup(tile: Tile):
+            if tile not in memo:
+                if self.is_whole(tile):
+                    if not whole:
+                        whole.append(self.entry_lookup(self.plane(key)))
+                    memo[tile] = whole[0](tile)
+                else:
+                    pixels = region_of(self.data, key, *tile.slices)
+                    memo[tile] = (content_key(pixels, limits), pixels, limits)
             return memo[tile]
 
         return lookup
@@ -520,6 +549,14 @@ def plane_of(data: Any, key: SliceKey) -> np.ndarray:
     """The plane at slice ``key`` of a ``(*lead, H, W[, C])`` array (numpy, zarr, dask, an
     oriented view), read now; ``()`` is the whole of a 2D image."""
     return np.asarray(data[key] if key else data[...])
+
+
+def region_of(data: Any, key: SliceKey, rows: slice, cols: slice) -> np.ndarray:
+    """``plane_of(data, key)[rows, cols]``, reading only that region of a lazy array (zarr,
+    dask, an oriented view)."""
+    if isinstance(data, OrientedArray):
+        return data.region(key, rows, cols)
+    return np.asarray(data[(*key, rows, cols)])
 
 
 def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:
