@@ -30,8 +30,10 @@ from . import memory
 from .session import ObjectMask, SegmentationSession, SliceKey
 
 # Decoder-ready tiles a propagation keeps: each slice's tiles are decoded once or twice (the
-# first tile, then the one that holds a cut mask whole) and never again.
-PROPAGATION_READY_TILES = 3
+# first tile, then another that holds a cut mask whole) and never again, so one is enough
+# (18 MB for vit_tiny; two are alive while the next is encoded); one asked for again comes
+# back from the store.
+PROPAGATION_READY_TILES = 1
 
 
 @dataclass(frozen=True)
