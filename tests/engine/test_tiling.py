@@ -153,6 +153,17 @@ def test_a_region_lookup_reads_only_the_tiles_it_is_asked_for_and_agrees_with_th
         for tile in tiles:
             a, b = region(tile), plane(tile)
             assert a[0] == b[0] and a[2] == b[2] == (0.0, 4000.0) and np.array_equal(a[1], b[1])
+    # uint8 without limits: each tile's own (none), read alone too
+    small = (stack // 16).astype(np.uint8)
+    lazy8 = da.from_array(small, chunks=(1, 32, 32)).map_blocks(chunk, dtype=np.uint8)
+    session = SegmentationSession(FakeModel(), lazy8, tile_size=64, overlap=16, predictor_factory=FakePredictor)
+    reads.clear()
+    region, plane = session.region_lookup((1,)), session.entry_lookup(np.asarray(small[1]))
+    first = region(session.grid.tiles[0])
+    assert 0 < len(reads) <= 4 and first[2] is None
+    for tile in session.grid.tiles:
+        a, b = region(tile), plane(tile)
+        assert a[0] == b[0] and a[2] == b[2] and np.array_equal(a[1], b[1])
     # no limits given and not uint8: the tiles share the plane's, so the plane is read
     session = SegmentationSession(FakeModel(), lazy, tile_size=64, overlap=16, predictor_factory=FakePredictor)
     reads.clear()

@@ -199,7 +199,6 @@ class SegmentationSession:
         shared = self.contrast_limits is None and np.dtype(self.data.dtype) != np.uint8
         if isinstance(self.data, np.ndarray) or shared:
             return self.entry_lookup(self.plane(key))
-        limits = None if self.contrast_limits is None else tuple(float(v) for v in self.contrast_limits)
         memo: dict[Tile, tuple[str, np.ndarray, tuple | None]] = {}
         whole: list[Callable] = []
 
@@ -211,6 +210,7 @@ class SegmentationSession:
                     memo[tile] = whole[0](tile)
                 else:
                     pixels = region_of(self.data, key, *tile.slices)
+                    limits = self._limits(pixels, False)  # the given limits, or uint8's None
                     memo[tile] = (content_key(pixels, limits), pixels, limits)
             return memo[tile]
 
