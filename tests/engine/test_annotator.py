@@ -228,6 +228,39 @@ def test_a_propagation_goes_in_front_of_the_encoding_queue():
     assert [s.key for s in _drain(ann)] == [(3,)]
 
 
+def test_a_neighbours_tile_reads_its_own_chunks_and_the_slice_on_screen_its_plane():
+    """A tile queued alone (a neighbour's tile in view) is read as its region of a lazy
+    volume, and its plane is not kept; the slice on screen (all its tiles queued) is read
+    once and kept for its other tiles and the previews; both store the same entries."""
+    import dask.array as da
+
+    stack = np.stack([_discs((640, 640), [(320, 320, 60)], seed=z)[0] for z in range(5)])
+    reads: list[tuple] = []
+
+    def chunk(block, block_info=None):
+        reads.append(tuple(block_info[None]["chunk-location"]))
+        return block
+
+    lazy = da.from_array(stack, chunks=(1, 160, 160)).map_blocks(chunk, dtype=stack.dtype)  # 16 a plane
+    ann = _annotator(lazy, tile_size=384, overlap=128, contrast_limits=(0, 4000))
+    tiles = ann.session.grid_tiles()
+    assert len(tiles) == 4
+    ann.request([(1,), (3,)], tiles=tiles[:1])  # two neighbours, the tile in view
+    ann.request([(2,)])  # the slice on screen, every tile
+    done = _drain(ann)
+    assert [s.key for s in done] == [(2,)] * 4 + [(1,), (3,)]
+    by_slice = {z: {r[1:] for r in reads if r[0] == z} for z in (1, 2, 3)}
+    assert len(by_slice[2]) == 16 and len([r for r in reads if r[0] == 2]) == 16  # its plane, once
+    assert 0 < len(by_slice[1]) == len(by_slice[3]) <= 9 < 16  # the tile's chunks only
+    assert list(ann._lookups) == [(ann.orientation, id(ann.session), (2,))]
+    # the same store entries as read from the plane: a prompt there is answered, nothing encoded
+    encodes = ann.session.model.encodes
+    plane = ann.session.entry_lookup(np.asarray(stack[1]))
+    assert ann.session.is_stored((1,), tiles[0], plane) and ann.session.is_stored((3,), tiles[0])
+    preview, _ = ann.decode({(1,): _point(100, 100)})
+    assert preview[(1,)] and ann.session.model.encodes == encodes
+
+
 def test_a_propagation_gives_overlaps_to_the_higher_score_and_keeps_other_labels():
     from napari_sam_hq.engine.session import ObjectMask
 

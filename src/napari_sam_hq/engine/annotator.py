@@ -97,7 +97,7 @@ class EncodeStep:
 
 
 Preview = dict[SliceKey, list[PreviewObject]]
-_LOOKUP_BYTES = 64 << 20  # planes of lazy data kept read (the slice on screen and its neighbours)
+_LOOKUP_BYTES = 64 << 20  # planes of lazy data kept read (the slices on screen; a neighbour reads a tile)
 
 
 class Annotator:
@@ -223,6 +223,19 @@ class Annotator:
                 self._lookups.popitem(last=False)
         return lookup
 
+    def _job_lookup(self, session: SegmentationSession, orientation: Orientation, key: SliceKey):
+        """The lookup an encoded tile is read with: the plane, kept (``_lookup``), when more of
+        the queue or a preview will read it; else only the tile's own region: a neighbour's
+        tile in view is at most 4 chunks of a lazy 4096 x 4096 plane, not its 16."""
+        with self._lock:
+            alone = (
+                not isinstance(self.data, np.ndarray)
+                and (orientation, id(session), key) not in self._lookups
+                and not (orientation == self.orientation and key in self.waiting)
+                and not any(o == orientation and k == key for o, k, _, _ in self._queue)
+            )
+        return session.region_lookup(key) if alone else self._lookup(session, orientation, key)
+
     # ------------------------------------------------------------------ encoding queue
 
     def request(
@@ -316,7 +329,7 @@ class Annotator:
             return False
         orientation, key, tile, _ = job
         session = self.session_for(orientation)
-        lookup = self._lookup(session, orientation, key)
+        lookup = self._job_lookup(session, orientation, key)
         total = self._done + 1 + self.pending
         ready = False
         for f in session.iter_embed_tile(key, tile, lookup):
