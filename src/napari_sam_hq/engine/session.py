@@ -162,12 +162,17 @@ class SegmentationSession:
         the whole plane, which is then exactly ``set_image(plane)``."""
         if self.contrast_limits is not None:
             return tuple(float(v) for v in self.contrast_limits)
-        if plane.dtype == np.uint8 or whole:
+        if whole or not self._limits_from_plane(plane.dtype):
             return None
         finite = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
         if finite.size == 0:
             return (0.0, 0.0)
         return (float(finite.min()), float(finite.max()))
+
+    def _limits_from_plane(self, dtype: Any) -> bool:
+        """Whether a tile's contrast limits are its plane's minimum and maximum (none given,
+        not uint8), so that reading the tile needs the whole plane."""
+        return self.contrast_limits is None and np.dtype(dtype) != np.uint8
 
     def entry_lookup(self, plane: np.ndarray) -> Callable[[Tile], tuple[str, np.ndarray, tuple | None]]:
         """``tile -> (store key, pixels, contrast limits)`` for one plane read once; each tile's
@@ -196,8 +201,7 @@ class SegmentationSession:
         the coarse tile, or contrast limits shared by the plane's parts (none given and not
         uint8). numpy data is read as views of the plane (it costs nothing)."""
         key = self.check_key(key)
-        shared = self.contrast_limits is None and np.dtype(self.data.dtype) != np.uint8
-        if isinstance(self.data, np.ndarray) or shared:
+        if isinstance(self.data, np.ndarray) or self._limits_from_plane(self.data.dtype):
             return self.entry_lookup(self.plane(key))
         memo: dict[Tile, tuple[str, np.ndarray, tuple | None]] = {}
         whole: list[Callable] = []
