@@ -38,7 +38,7 @@ def worker_ours(ckpt: str, n: int, setting: str) -> dict:
     from bench_model import _image
 
     from napari_sam_hq.engine import EmbeddingStore, SegmentationSession
-    from napari_sam_hq.engine.automatic import AutoSettings, iter_generate_masks
+    from napari_sam_hq.engine.automatic.everything import AutoSettings, iter_generate_masks
     from napari_sam_hq.model import load_model
     from napari_sam_hq.model.common import exhaust
 

@@ -85,10 +85,10 @@ class Session:
 
     def dock(self):
         _, widget = self.viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
-        widget.model_combo.setCurrentText(self.ckpt)
-        widget.device_combo.setCurrentText("cpu")
-        widget.store_edit.setText(str(self.tmp / "store.zarr"))
-        widget.store_edit.editingFinished.emit()
+        widget.settings.model_combo.setCurrentText(self.ckpt)
+        widget.settings.device_combo.setCurrentText("cpu")
+        widget.settings.store_edit.setText(str(self.tmp / "store.zarr"))
+        widget.settings.store_edit.editingFinished.emit()
         self.widget = widget
         return widget
 
@@ -160,7 +160,7 @@ def _labels_disk(path: Path) -> tuple[float, int]:
 
 def part_stack(ckpt: str, tmp: Path) -> dict:
     from napari_sam_hq._napari import constants as C
-    from napari_sam_hq.engine.annotator import PreviewObject
+    from napari_sam_hq.engine.annotation.annotator import PreviewObject
 
     out: dict = {}
     data = lazy_volume((300, 2048, 2048))
@@ -229,8 +229,8 @@ def part_stack(ckpt: str, tmp: Path) -> dict:
 def _propagate(w, each_way: int, out: dict) -> float:
     """Propagate the selected label ``each_way`` slices up and down (random weights: no
     stopping rule would be meaningful, so the thresholds are off); returns the seconds."""
-    w.selected_only_check.setChecked(True)
-    form = w.propagation_form
+    w.propagation.selected_only_check.setChecked(True)
+    form = w.propagation.propagation_form
     form.score_threshold.value, form.iou_threshold.value, form.min_area.value = 0.0, 0.0, 1
     form.max_slices.value = each_way
     t = time.perf_counter()

@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from napari_sam_hq.engine import EmbeddingStore, SamHQPredictor, SegmentationSession
-    from napari_sam_hq.engine.training import (
+    from napari_sam_hq.engine.adaptation.training import (
         TrainingImage,
         TrainSettings,
         apply_state,

@@ -31,7 +31,7 @@ CASES = [
 
 def main() -> None:
     from napari_sam_hq.engine import EmbeddingStore, PropagationSettings, SegmentationSession
-    from napari_sam_hq.engine.propagation import iter_propagate, seeds_from_labels, write_propagation
+    from napari_sam_hq.engine.volumes.propagation import iter_propagate, seeds_from_labels, write_propagation
     from napari_sam_hq.model.common import exhaust
     from tests.engine.fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
 

@@ -14,7 +14,7 @@ from napari.layers import Points, Shapes
 from napari_builtins.io import napari_write_points, napari_write_shapes
 
 from napari_sam_hq.cli import main
-from napari_sam_hq.engine.io import atomic_write, read_boxes_csv, read_points_csv
+from napari_sam_hq.engine.io.files import atomic_write, read_boxes_csv, read_points_csv
 
 from .conftest import blob_image
 

@@ -15,10 +15,10 @@ GUI_MODULES = ("qtpy", "napari", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySid
     [
         "napari_sam_hq.model",
         "napari_sam_hq.engine",
-        "napari_sam_hq.engine.automatic",
-        "napari_sam_hq.engine.batch",
-        "napari_sam_hq.engine.io",
-        "napari_sam_hq.engine.measure",
+        "napari_sam_hq.engine.automatic.everything",
+        "napari_sam_hq.engine.io.batch",
+        "napari_sam_hq.engine.io.files",
+        "napari_sam_hq.engine.io.measure",
         "napari_sam_hq.cli",
     ],
 )
@@ -57,9 +57,9 @@ def test_npe2_manifest_validates_with_imports():
         "napari_sam_hq.model",
         "napari_sam_hq.model.lazy",
         "napari_sam_hq.engine",
-        "napari_sam_hq.engine.session",
-        "napari_sam_hq.engine.store",
-        "napari_sam_hq.engine.settings",
+        "napari_sam_hq.engine.volumes.session",
+        "napari_sam_hq.engine.volumes.store",
+        "napari_sam_hq.engine.automatic.settings",
         "napari_sam_hq.cli",
     ],
 )

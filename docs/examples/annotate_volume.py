@@ -17,9 +17,9 @@ import dask.array as da
 import numpy as np
 
 from napari_sam_hq.engine import EmbeddingStore
-from napari_sam_hq.engine.annotator import Annotator, SlicePrompts
-from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
-from napari_sam_hq.engine.propagation import PropagationSettings
+from napari_sam_hq.engine.annotation.annotator import Annotator, SlicePrompts
+from napari_sam_hq.engine.annotation.labels import LabelVolume, open_labels_zarr
+from napari_sam_hq.engine.volumes.propagation import PropagationSettings
 from napari_sam_hq.model import LazyModel
 
 shape = (200, 2048, 2048)

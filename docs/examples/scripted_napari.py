@@ -13,8 +13,8 @@ from skimage import data
 viewer = napari.Viewer()
 viewer.add_image(data.coins(), name="coins")
 _, widget = viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
-widget.model_combo.setCurrentText(os.environ.get("NAPARI_SAM_HQ_MODEL", "vit_tiny"))
-widget.device_combo.setCurrentText("cpu")
+widget.settings.model_combo.setCurrentText(os.environ.get("NAPARI_SAM_HQ_MODEL", "vit_tiny"))
+widget.settings.device_combo.setCurrentText("cpu")
 
 widget.compute_embeddings()
 widget.wait(timeout=600)  # model load and embedding run in the background; errors raise here

@@ -63,7 +63,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_auto_options(p: argparse.ArgumentParser) -> None:
-    from .engine.settings import AutoSettings  # torch-free: --help stays quick
+    from .engine.automatic.settings import AutoSettings  # torch-free: --help stays quick
 
     d = AutoSettings()
     g = p.add_argument_group("automatic segmentation")
@@ -79,7 +79,7 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
 
 
 def _auto_settings(args):
-    from .engine.settings import AutoSettings
+    from .engine.automatic.settings import AutoSettings
 
     try:
         return AutoSettings(
@@ -188,7 +188,7 @@ def cmd_models(args) -> int:
 def _load(args, *, lazy: bool = False):
     """The image and the model. ``lazy``: a ``LazyModel`` that loads only when a tile must be
     encoded (its name and checkpoint id are known from an earlier load of the same file)."""
-    from .engine.io import InputError, read_image
+    from .engine.io.files import InputError, read_image
     from .model.lazy import LazyModel
 
     try:
@@ -218,7 +218,7 @@ def _load_now(model) -> None:
 
 def _session(args, image, model):
     from .engine import SegmentationSession
-    from .engine.batch import open_store
+    from .engine.io.batch import open_store
 
     try:
         store = open_store(args.store)
@@ -254,8 +254,15 @@ def cmd_embed(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .engine.batch import labels_from_prompts
-    from .engine.io import InputError, UnreadableInput, prompts_by_slice, read_boxes_csv, read_points_csv, write_labels
+    from .engine.io.batch import labels_from_prompts
+    from .engine.io.files import (
+        InputError,
+        UnreadableInput,
+        prompts_by_slice,
+        read_boxes_csv,
+        read_points_csv,
+        write_labels,
+    )
 
     if not args.points and not args.boxes:
         raise CliError("give --points and/or --boxes (CSV files saved from napari layers)", EXIT_USAGE)
@@ -278,8 +285,8 @@ def cmd_segment(args) -> int:
 
 
 def cmd_auto(args) -> int:
-    from .engine.automatic import iter_segment_everything
-    from .engine.io import write_labels
+    from .engine.automatic.everything import iter_segment_everything
+    from .engine.io.files import write_labels
 
     settings = _auto_settings(args)
     image, model = _load(args)
@@ -297,8 +304,8 @@ def cmd_auto(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from .engine.io import InputError, read_image, write_table
-    from .engine.measure import measure
+    from .engine.io.files import InputError, read_image, write_table
+    from .engine.io.measure import measure
 
     try:
         labels = read_image(args.labels, rgb=False).data
@@ -317,7 +324,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .engine.batch import FileJob, run_batch
+    from .engine.io.batch import FileJob, run_batch
 
     files = sorted(glob.glob(args.pattern))
     if not files:
@@ -361,10 +368,10 @@ def _training_pairs(images_dir: str, labels_dir: str) -> list[tuple[Path, Path]]
 def cmd_train(args) -> int:
     import numpy as np
 
-    from .engine.batch import open_store
-    from .engine.io import InputError, read_image
-    from .engine.session import SegmentationSession
-    from .engine.training import TrainSettings, iter_train, iter_training_images, save_adapted
+    from .engine.adaptation.training import TrainSettings, iter_train, iter_training_images, save_adapted
+    from .engine.io.batch import open_store
+    from .engine.io.files import InputError, read_image
+    from .engine.volumes.session import SegmentationSession
     from .model.download import checkpoint_path
     from .model.lazy import LazyModel
 
@@ -422,8 +429,8 @@ def cmd_train(args) -> int:
 def cmd_refine(args) -> int:
     import numpy as np
 
-    from .engine.io import InputError, read_image, write_labels, write_table
-    from .engine.refine import REFINED, RefineSettings, iter_refine
+    from .engine.adaptation.refine import REFINED, RefineSettings, iter_refine
+    from .engine.io.files import InputError, read_image, write_labels, write_table
 
     try:
         settings = RefineSettings(min_iou=args.min_iou, use_point=not args.no_point, use_mask=not args.no_mask,

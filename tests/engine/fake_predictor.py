@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam_hq.engine.predictor import BatchPrediction, ImageEmbedding
-from napari_sam_hq.engine.transforms import Frames, resize_longest_side, to_model_rgb
+from napari_sam_hq.engine.prediction.predictor import BatchPrediction, ImageEmbedding
+from napari_sam_hq.engine.prediction.transforms import Frames, resize_longest_side, to_model_rgb
 
 
 @dataclass

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_hq.engine.annotator import Annotator, SlicePrompts
-from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
-from napari_sam_hq.engine.propagation import PropagationSettings
-from napari_sam_hq.engine.store import EmbeddingStore
+from napari_sam_hq.engine.annotation.annotator import Annotator, SlicePrompts
+from napari_sam_hq.engine.annotation.labels import LabelVolume, open_labels_zarr
+from napari_sam_hq.engine.volumes.propagation import PropagationSettings
+from napari_sam_hq.engine.volumes.store import EmbeddingStore
 from napari_sam_hq.model.steps import exhaust
 
 from .fake_predictor import FakeModel, FakePredictor, disc_image, ellipsoid_volume
@@ -262,7 +262,7 @@ def test_a_neighbours_tile_reads_its_own_chunks_and_the_slice_on_screen_its_plan
 
 
 def test_a_propagation_gives_overlaps_to_the_higher_score_and_keeps_other_labels():
-    from napari_sam_hq.engine.session import ObjectMask
+    from napari_sam_hq.engine.volumes.session import ObjectMask
 
     image, _ = ellipsoid_volume((4, 60, 60), (((2, 30, 30), (2, 10, 10)),))
     mine = np.zeros(image.shape, np.uint32)
@@ -293,7 +293,7 @@ def _iou(a, b) -> float:
 
 
 def _obj(mask):
-    from napari_sam_hq.engine.annotator import PreviewObject
+    from napari_sam_hq.engine.annotation.annotator import PreviewObject
 
     return PreviewObject(mask, 1.0, True)
 

@@ -25,10 +25,10 @@ SCRIPT = textwrap.dedent(
     import numpy as np, dask.array as da
     sys.path.insert(0, sys.argv[2])
     from tests.engine.fake_predictor import FakeModel, FakePredictor
-    from napari_sam_hq.engine.annotator import Annotator, SlicePrompts
-    from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
-    from napari_sam_hq.engine.propagation import PropagationSettings
-    from napari_sam_hq.engine.store import EmbeddingStore
+    from napari_sam_hq.engine.annotation.annotator import Annotator, SlicePrompts
+    from napari_sam_hq.engine.annotation.labels import LabelVolume, open_labels_zarr
+    from napari_sam_hq.engine.volumes.propagation import PropagationSettings
+    from napari_sam_hq.engine.volumes.store import EmbeddingStore
 
     def peak_mb():
         for line in open("/proc/self/status"):

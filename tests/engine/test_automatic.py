@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_sam_hq.engine import EmbeddingStore, SamHQPredictor, SegmentationSession
-from napari_sam_hq.engine.automatic import (
+from napari_sam_hq.engine.automatic.everything import (
     AutoMask,
     AutoSettings,
     box_iou,
@@ -22,7 +22,7 @@ from napari_sam_hq.engine.automatic import (
     remove_small_regions,
     stability_score,
 )
-from napari_sam_hq.engine.tiling import Tile
+from napari_sam_hq.engine.volumes.tiling import Tile
 from napari_sam_hq.model.common import exhaust
 
 from ..conftest import blob_image

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_hq.engine import labels as labels_module
-from napari_sam_hq.engine.labels import LabelVolume
+from napari_sam_hq.engine.annotation import labels as labels_module
+from napari_sam_hq.engine.annotation.labels import LabelVolume
 
 from ..conftest import run_python
 
@@ -58,7 +58,7 @@ def test_paint_modes_change_only_what_they_may_and_undo_redo_restore_every_pixel
 WRITE_PEAK = """
 import tempfile, tracemalloc
 import numpy as np
-from napari_sam_hq.engine.labels import LabelVolume, open_labels_zarr
+from napari_sam_hq.engine.annotation.labels import LabelVolume, open_labels_zarr
 
 volume = LabelVolume(open_labels_zarr(tempfile.mkdtemp() + "/labels.zarr", (2, 4096, 4096)))
 yy, xx = np.ogrid[:4096, :4096]
@@ -88,7 +88,7 @@ def test_bookkeeping_round_trips_reads_the_old_format_and_stays_small(tmp_path):
     few hundred KB of metadata, which every commit rewrites (format 1: ~6 MB)."""
     import zarr
 
-    from napari_sam_hq.engine.labels import ATTRS_KEY, open_labels_zarr
+    from napari_sam_hq.engine.annotation.labels import ATTRS_KEY, open_labels_zarr
 
     path = tmp_path / "labels.zarr"
     volume = LabelVolume(open_labels_zarr(path, (300, 64, 64)))
@@ -116,7 +116,7 @@ def test_bookkeeping_round_trips_reads_the_old_format_and_stays_small(tmp_path):
 def test_bookkeeping_of_a_2d_image_and_mixed_plane_lengths_round_trips(tmp_path):
     import zarr
 
-    from napari_sam_hq.engine.labels import open_labels_zarr
+    from napari_sam_hq.engine.annotation.labels import open_labels_zarr
 
     path = tmp_path / "plane.zarr"
     volume = LabelVolume(open_labels_zarr(path, (32, 48)))

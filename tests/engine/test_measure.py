@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops_table
 
-from napari_sam_hq.engine.measure import iter_measure, measure
+from napari_sam_hq.engine.io.measure import iter_measure, measure
 
 PROPS = ["label", "area", "centroid", "bbox", "equivalent_diameter_area"]
 INTENSITY = ["intensity_mean", "intensity_min", "intensity_max", "intensity_std"]
@@ -86,7 +86,7 @@ def test_a_volume_on_disk_is_measured_a_plane_at_a_time(tmp_path):
     the measurement's peak stays within a few planes, and the table is that of the objects."""
     code = f"""
 import numpy as np, zarr, dask.array as da
-from napari_sam_hq.engine.measure import measure
+from napari_sam_hq.engine.io.measure import measure
 z = zarr.create_array({str(tmp_path / 'l.zarr')!r}, shape=(60, 2048, 2048), chunks=(1, 512, 512), dtype='uint32')
 z[10, 100:300, 200:260] = 7
 z[11:40, 1500:1600, 1000:1900] = 9

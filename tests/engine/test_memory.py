@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from napari_sam_hq.engine import memory
+from napari_sam_hq.engine.volumes import memory
 
 CODE = """
 import numpy as np
-from napari_sam_hq.engine import memory
+from napari_sam_hq.engine.volumes import memory
 
 def rss():
     with open("/proc/self/status") as f:
@@ -44,7 +44,7 @@ def test_trim_and_limit_are_safe_to_call_anywhere():
 
 GROWTH = """
 import numpy as np
-from napari_sam_hq.engine import memory
+from napari_sam_hq.engine.volumes import memory
 
 def rss():
     return memory.resident_bytes() / 2**20

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_hq.engine.propagation import (
+from napari_sam_hq.engine.volumes.propagation import (
     PropagationSettings,
     iter_propagate,
     prompt_from_mask,
     seeds_from_labels,
     write_propagation,
 )
-from napari_sam_hq.engine.session import SegmentationSession
-from napari_sam_hq.engine.store import EmbeddingStore
+from napari_sam_hq.engine.volumes.session import SegmentationSession
+from napari_sam_hq.engine.volumes.store import EmbeddingStore
 from napari_sam_hq.model import build_sam_hq, prepare_for_inference
 from napari_sam_hq.model.common import exhaust
 from napari_sam_hq.model.registry import ModelSpec
@@ -63,7 +63,7 @@ def test_the_interior_point_of_a_huge_mask_is_found_in_bounded_memory():
     assert p["box"].tolist() == [300, 100, 2900, 2700]
     code = (
         "import tracemalloc, numpy as np\n"
-        "from napari_sam_hq.engine.propagation import prompt_from_mask\n"
+        "from napari_sam_hq.engine.volumes.propagation import prompt_from_mask\n"
         "mask = np.ones((3000, 3000), bool); mask[0] = False\n"
         "tracemalloc.start(); prompt_from_mask(mask); print(tracemalloc.get_traced_memory()[1] / 2**20)\n"
     )
@@ -172,8 +172,8 @@ def test_a_propagation_keeps_its_masks_packed():
     """Masks kept for every reached slice are boxes, compressed: the same pixels, a few KB."""
     import sys
 
-    from napari_sam_hq.engine.session import ObjectMask
-    from napari_sam_hq.engine.tiling import Tile
+    from napari_sam_hq.engine.volumes.session import ObjectMask
+    from napari_sam_hq.engine.volumes.tiling import Tile
 
     mask = np.zeros((2048, 2048), bool)
     mask[300:420, 1000:1111] = True
@@ -191,7 +191,7 @@ def test_a_propagation_keeps_few_tiles_decoder_ready_then_gives_the_limit_back()
     """Each slice's tiles serve a propagation once or twice: it keeps at most
     PROPAGATION_READY_TILES decoder-ready (the ones there before go first), and the session
     keeps its own number again after it, also when the propagation is stopped midway."""
-    from napari_sam_hq.engine.propagation import PROPAGATION_READY_TILES
+    from napari_sam_hq.engine.volumes.propagation import PROPAGATION_READY_TILES
 
     image, truth = ellipsoid_volume((30, 96, 96), (((14, 48, 48), (12, 30, 24)),), seed=3)
     session = SegmentationSession(FakeModel(), image, store=EmbeddingStore(None, max_in_memory=64),
@@ -234,7 +234,7 @@ def test_a_propagation_keeps_few_tiles_decoder_ready_then_gives_the_limit_back()
 def test_tiles_dropped_by_a_lower_limit_are_given_back_to_the_system(monkeypatch):
     """The dropped tiles were freed in the encoding thread's malloc arena, which the bulk work's
     thread does not allocate from: ``ready_at_most`` trims when it dropped some, not otherwise."""
-    from napari_sam_hq.engine import session as session_module
+    from napari_sam_hq.engine.volumes import session as session_module
 
     trims = []
     monkeypatch.setattr(session_module.memory, "trim", lambda: trims.append(1))

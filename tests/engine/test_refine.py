@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from napari_sam_hq.engine import SegmentationSession
-from napari_sam_hq.engine.refine import (
+from napari_sam_hq.engine.adaptation.refine import (
     KEPT_CHANGED,
     KEPT_EMPTY,
     KEPT_SMALL,
@@ -22,9 +22,15 @@ from napari_sam_hq.engine.refine import (
     iter_refine,
     object_prompts,
 )
-from napari_sam_hq.engine.tiling import TileGrid
-from napari_sam_hq.engine.training import TrainingImage, TrainSettings, apply_state, iter_train, objects_from_labels
-from napari_sam_hq.engine.transforms import Frames
+from napari_sam_hq.engine.adaptation.training import (
+    TrainingImage,
+    TrainSettings,
+    apply_state,
+    iter_train,
+    objects_from_labels,
+)
+from napari_sam_hq.engine.prediction.transforms import Frames
+from napari_sam_hq.engine.volumes.tiling import TileGrid
 from napari_sam_hq.model import load_model
 from napari_sam_hq.model.common import exhaust
 
@@ -69,7 +75,7 @@ def test_a_stack_is_refined_slice_by_slice_with_ids_kept():
             bad[z][m] = i * 10 + z  # ids need not be 1..n and may differ per slice
     bad[1][100:104, 2:6] = 99  # a small dark object: no answer -> kept
     bad[2][60, 60] = 98  # one pixel: too small to prompt
-    import napari_sam_hq.engine.refine as refine_module
+    import napari_sam_hq.engine.adaptation.refine as refine_module
 
     one_by_one = bad.copy()
     old_budget, refine_module._ANSWER_BYTES = refine_module._ANSWER_BYTES, 1  # one object per batch
@@ -210,9 +216,9 @@ def test_an_adapted_model_refines_labels_closer_to_the_truth(small_checkpoint):
 
 
 def test_the_annotator_refines_across_planes_of_any_orientation_as_one_undo_step():
-    from napari_sam_hq.engine.annotator import Annotator
-    from napari_sam_hq.engine.labels import LabelVolume
-    from napari_sam_hq.engine.store import EmbeddingStore
+    from napari_sam_hq.engine.annotation.annotator import Annotator
+    from napari_sam_hq.engine.annotation.labels import LabelVolume
+    from napari_sam_hq.engine.volumes.store import EmbeddingStore
 
     # a volume whose X-Z planes hold discs: segmented after a turn to those planes
     discs = [(20, 30, 9), (40, 70, 12)]
@@ -243,7 +249,7 @@ def test_the_annotator_refines_across_planes_of_any_orientation_as_one_undo_step
 
 def test_huge_sparse_ids_are_found_without_a_list_as_long_as_the_largest():
     """64-bit ids (hashes, other tools' ids) cost what their objects cost; refine keeps them."""
-    from napari_sam_hq.engine.labels import object_slices
+    from napari_sam_hq.engine.masks import object_slices
 
     image, truth = disc_image((80, 100), [(25, 30, 10), (50, 70, 12)])
     big = np.zeros(truth.shape, np.uint64)

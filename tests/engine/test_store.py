@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_sam_hq.engine.predictor import ImageEmbedding
-from napari_sam_hq.engine.session import SegmentationSession
-from napari_sam_hq.engine.store import EmbeddingStore, StoreWarning, content_key
+from napari_sam_hq.engine.prediction.predictor import ImageEmbedding
+from napari_sam_hq.engine.volumes.session import SegmentationSession
+from napari_sam_hq.engine.volumes.store import EmbeddingStore, StoreWarning, content_key
 
 from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from napari_sam_hq.engine import threads
+from napari_sam_hq.engine.volumes import threads
 
 # Each thread that runs a parallel torch operator keeps its own OpenMP team (one worker
 # thread more than itself with two threads). A pooled worker is imitated by a thread that
@@ -15,7 +15,7 @@ from napari_sam_hq.engine import threads
 CODE = """
 import os, threading
 import torch
-from napari_sam_hq.engine.threads import release_openmp_threads
+from napari_sam_hq.engine.volumes.threads import release_openmp_threads
 
 torch.set_num_threads(2)
 def count():

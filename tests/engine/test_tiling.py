@@ -7,9 +7,9 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from napari_sam_hq.engine.session import SegmentationSession
-from napari_sam_hq.engine.store import EmbeddingStore
-from napari_sam_hq.engine.tiling import Tile, TileGrid, prompt_extent
+from napari_sam_hq.engine.volumes.session import SegmentationSession
+from napari_sam_hq.engine.volumes.store import EmbeddingStore
+from napari_sam_hq.engine.volumes.tiling import Tile, TileGrid, prompt_extent
 
 from .fake_predictor import FakeModel, FakePredictor, disc_image
 
@@ -122,7 +122,7 @@ def test_a_region_lookup_reads_only_the_tiles_it_is_asked_for_and_agrees_with_th
     import dask.array as da
     import zarr
 
-    from napari_sam_hq.engine.orientation import Orientation
+    from napari_sam_hq.engine.volumes.orientation import Orientation
 
     rng = np.random.default_rng(0)
     stack = rng.integers(0, 4000, (3, 96, 128), dtype=np.uint16)

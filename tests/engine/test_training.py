@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_hq.engine.predictor import SamHQPredictor
-from napari_sam_hq.engine.training import (
+from napari_sam_hq.engine.adaptation.training import (
     FEATURE_PARTS,
     HQ_PARTS,
     TrainingImage,
@@ -24,6 +23,7 @@ from napari_sam_hq.engine.training import (
     save_adapted,
     trainable_parameters,
 )
+from napari_sam_hq.engine.prediction.predictor import SamHQPredictor
 from napari_sam_hq.model import load_model
 
 from ..conftest import blob_image

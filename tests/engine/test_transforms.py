@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_hq.engine.transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
+from napari_sam_hq.engine.prediction.transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
 
 from ..conftest import blob_image, run_python
 from ..oracles import import_official
@@ -115,7 +115,7 @@ def _official_postprocess(frames: Frames, low_res: torch.Tensor) -> torch.Tensor
 def test_bilinear_matrix_is_torch_interpolate_bit_for_bit(out_in):
     import torch.nn.functional as F
 
-    from napari_sam_hq.engine.transforms import bilinear_matrix
+    from napari_sam_hq.engine.prediction.transforms import bilinear_matrix
 
     out, size = out_in
     eye = torch.eye(size)[None, None]  # each column of the identity is one input pixel
@@ -226,8 +226,8 @@ def test_model_image_is_the_plain_chain(image, limits, band_rows, monkeypatch):
     """``model_image`` (grey images scaled and resized as one channel, its limits found and
     its pixels scaled a band of rows at a time) gives the exact pixels of
     ``resize_longest_side(to_model_rgb(...))``."""
-    from napari_sam_hq.engine import transforms
-    from napari_sam_hq.engine.transforms import model_image
+    from napari_sam_hq.engine.prediction import transforms
+    from napari_sam_hq.engine.prediction.transforms import model_image
 
     if band_rows:
         monkeypatch.setattr(transforms, "_SCALE_BAND_BYTES", 4 * image.shape[1] * band_rows)
@@ -245,7 +245,7 @@ def test_model_image_of_a_large_grey_plane_needs_one_float_plane():
     three planes there, are not counted)."""
     code = (
         "import tracemalloc, numpy as np\n"
-        "from napari_sam_hq.engine.transforms import model_image, resize_longest_side, to_model_rgb\n"
+        "from napari_sam_hq.engine.prediction.transforms import model_image, resize_longest_side, to_model_rgb\n"
         "img = (np.arange(2048 * 2048, dtype=np.uint32) % 60000).astype(np.uint16).reshape(2048, 2048)\n"
         "tracemalloc.start(); model_image(img); a = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()\n"
         "tracemalloc.start(); resize_longest_side(to_model_rgb(img)); b = tracemalloc.get_traced_memory()[1]\n"
@@ -263,7 +263,7 @@ def test_model_image_of_a_4096_grey_plane_holds_pil_s_float_image_only():
     time, not a scaled float32 plane beside it (+68 MB measured; +132 MB before)."""
     code = (
         "import numpy as np\n"
-        "from napari_sam_hq.engine.transforms import model_image\n"
+        "from napari_sam_hq.engine.prediction.transforms import model_image\n"
         "def hwm():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024\n"
         "img = np.empty((4096, 4096), np.uint16)\n"

@@ -32,16 +32,16 @@ def test_adapt_plots_uses_the_adapted_model_without_encoding_again_and_saves(mak
     viewer.add_image(np.stack([blob_image(80, 96, seed=s, channels=1) for s in range(2)]), name="img")
     viewer.add_labels(np.stack([_discs((80, 96), [(25, 25), (50, 60), (20, 75)])] * 2), name="cells")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("cells")
+    widget.settings.labels_combo.setCurrentText("cells")
     assert widget.adapt() is None  # no model yet: a message, nothing runs
     _embed(qtbot, widget)
-    widget.adapt_form.epochs.value = 2
+    widget.adaptation.adapt_form.epochs.value = 2
     assert widget.adapt() is not None
     widget.wait(timeout=TIMEOUT / 1000)
-    result = widget.adapt_result
+    result = widget.adaptation.adapt_result
     assert result is not None and result.train_objects + result.val_objects == 6
-    assert len(widget.adapt_plot.values["loss"]) == result.steps
-    assert len(widget.adapt_plot.values["held-out IoU"]) == result.epochs
+    assert len(widget.adaptation.adapt_plot.values["loss"]) == result.steps
+    assert len(widget.adaptation.adapt_plot.values["held-out IoU"]) == result.epochs
     base = widget.model
     adapted = widget.use_adapted()
     assert widget.model is adapted and adapted.checkpoint_id == base.checkpoint_id
@@ -51,7 +51,7 @@ def test_adapt_plots_uses_the_adapted_model_without_encoding_again_and_saves(mak
     info = json.loads(card.read_text())
     assert out.is_file() and info["objects"]["train"] == result.train_objects
     assert info["data"] == {"image": "img", "labels_layers": ["cells"]}
-    assert widget.model_combo.currentText() == str(out)
+    assert widget.settings.model_combo.currentText() == str(out)
     assert load_model(out, device="cpu").checkpoint_id == base.checkpoint_id
 
 
@@ -61,22 +61,22 @@ def test_refine_writes_a_new_layer_or_replaces_as_one_undo_step(make_napari_view
     given = _discs((80, 96), [(25, 25), (50, 60)])
     viewer.add_labels(given.copy(), name="cellpose")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("cellpose")
+    widget.settings.labels_combo.setCurrentText("cellpose")
     _embed(qtbot, widget)
-    widget.refine_form.min_iou.value = 0.0  # a random model: accept every answer, to see it written
+    widget.refinement.refine_form.min_iou.value = 0.0  # a random model: accept every answer, to see it written
     assert widget.refine() is not None
     widget.wait(timeout=TIMEOUT / 1000)
     new = viewer.layers["cellpose refined"]
     np.testing.assert_array_equal(viewer.layers["cellpose"].data, given)  # the user's labels untouched
-    table = widget.refine_changes
+    table = widget.refinement.refine_changes
     assert list(table.label) == [1, 2] and widget.table.rowCount() == 2
     assert [(new.data == i).sum() for i in (1, 2)] == list(table.area_after)
     # in place: one undo step gives the user's labels back
-    widget.refine_replace_check.setChecked(True)
+    widget.refinement.refine_replace_check.setChecked(True)
     widget.refine()
     widget.wait(timeout=TIMEOUT / 1000)
     layer = viewer.layers["cellpose"]
-    assert not np.array_equal(layer.data, given) or (widget.refine_changes.status != "refined").all()
+    assert not np.array_equal(layer.data, given) or (widget.refinement.refine_changes.status != "refined").all()
     layer.undo()
     np.testing.assert_array_equal(layer.data, given)
     assert C.LABELS_LAYER not in viewer.layers  # refining never created the commit target
@@ -87,13 +87,13 @@ def test_cancel_stops_adaptation_and_keeps_nothing(make_napari_viewer, qtbot, ch
     viewer.add_image(blob_image(80, 96, seed=5, channels=1), name="img")
     viewer.add_labels(_discs((80, 96), [(25, 25), (50, 60), (20, 75)]), name="cells")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("cells")
+    widget.settings.labels_combo.setCurrentText("cells")
     _embed(qtbot, widget)
-    widget.adapt_form.epochs.value = 1000
+    widget.adaptation.adapt_form.epochs.value = 1000
     assert widget.adapt() is not None and widget.busy
     assert widget.adapt() is None  # already running: a message, no second run
-    qtbot.waitUntil(lambda: len(widget.adapt_plot.values["loss"]) >= 2, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: len(widget.adaptation.adapt_plot.values["loss"]) >= 2, timeout=TIMEOUT)
     widget.cancel()
     widget.wait(timeout=TIMEOUT / 1000)
-    assert widget.adapt_result is None and not widget.use_adapted_button.isEnabled()
-    assert widget.adapt_button.isEnabled() and not widget.busy
+    assert widget.adaptation.adapt_result is None and not widget.adaptation.use_adapted_button.isEnabled()
+    assert widget.adaptation.adapt_button.isEnabled() and not widget.busy

@@ -27,9 +27,9 @@ def _stack(n: int, h: int = 64, w: int = 80) -> np.ndarray:
 
 
 def _on_disk(widget, tmp_path) -> None:
-    widget.disk_threshold_spin.setValue(0.0)  # every new labels layer on disk
-    widget.store_edit.setText(str(tmp_path / "emb.zarr"))
-    widget.store_edit.editingFinished.emit()  # as when the user leaves the box
+    widget.settings.disk_threshold_spin.setValue(0.0)  # every new labels layer on disk
+    widget.settings.store_edit.setText(str(tmp_path / "emb.zarr"))
+    widget.settings.store_edit.editingFinished.emit()  # as when the user leaves the box
 
 
 def test_labels_on_disk_commit_paint_undo_redo_and_reopen(make_napari_viewer, qtbot, checkpoint, tmp_path):
@@ -156,7 +156,7 @@ def test_a_lazy_labels_layer_is_made_writable_and_used(make_napari_viewer, qtbot
     mine[:8, :8] = 3
     viewer.add_labels(da.from_array(mine, chunks=32), name="mine")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("mine")
+    widget.settings.labels_combo.setCurrentText("mine")
     viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[20, 20], [20, 50], [50, 50], [50, 20]]))
     widget.wait(timeout=WAIT)
     [new] = widget.commit()
@@ -175,13 +175,13 @@ def test_download_progress_shows_in_the_widget(make_napari_viewer, qtbot, checkp
     viewer.add_image(blob_image(40, 50, channels=1), name="img")
     widget = _widget(viewer, "vit_lab")
     seen = []
-    original = widget._on_embed_yielded
+    original = widget.encoding.on_yielded
 
     def spy(message):
         original(message)
         seen.append((message[0], widget.progress_bar.value(), widget.status_label.text()))
 
-    monkeypatch.setattr(widget, "_on_embed_yielded", spy)
+    monkeypatch.setattr(widget.encoding, "on_yielded", spy)
     widget.compute_embeddings()
     widget.wait(timeout=WAIT)
     downloads = [m for m in seen if m[0] == "download"]
@@ -210,7 +210,7 @@ def test_commit_undo_redo_redraw_only_the_objects_box_on_disk_labels(make_napari
     """A commit on zarr labels redraws the object's box on the plane on screen (napari's own
     partial redraw of painting), not the whole plane; what the canvas shows is what a full
     refresh shows, in a transposed view too, after undo and redo as well."""
-    from napari_sam_hq.engine.annotator import PreviewObject
+    from napari_sam_hq.engine.annotation.annotator import PreviewObject
 
     viewer, widget = _shown_on_disk(make_napari_viewer, checkpoint, tmp_path)
     ann = widget.annotator()
@@ -264,7 +264,7 @@ def test_commit_draws_by_a_full_refresh_where_napari_internals_are_missing(make_
     """The partial redraw reads napari internals; a napari without them (or with other ones)
     gets the public full refresh, and the canvas shows the committed object all the same."""
     from napari_sam_hq._napari import layers as layers_module
-    from napari_sam_hq.engine.annotator import PreviewObject
+    from napari_sam_hq.engine.annotation.annotator import PreviewObject
 
     viewer, widget = _shown_on_disk(make_napari_viewer, checkpoint, tmp_path)
     yy, xx = np.ogrid[:96, :128]

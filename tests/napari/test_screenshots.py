@@ -38,7 +38,7 @@ def test_user_guide_screenshots(make_napari_viewer, qtbot, checkpoint, tmp_path)
     _embed(qtbot, widget)
     points = viewer.layers[C.POINTS_LAYER]
     points.add([[300, 250], [420, 330]])
-    widget.negative_check.setChecked(True)
+    widget.prompts.negative_check.setChecked(True)
     points.add([120, 100])
     viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[60, 380], [60, 520], [200, 520], [200, 380]]))
     _wait_preview(qtbot, widget, 2)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gui
 
 def _permissive(widget) -> None:
     """Random weights: scores and stability mean nothing, let every mask through."""
-    form = widget.auto_form
+    form = widget.everything.auto_form
     form.points_per_side.value = 4
     form.pred_iou_thresh.value = 0.0
     form.stability_score_thresh.value = 0.0
@@ -30,7 +30,7 @@ def test_segment_everything_adds_labels_keeps_mine_and_undoes(make_napari_viewer
     mine[:10, :10] = 5
     viewer.add_labels(mine.copy(), name="mine")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("mine")
+    widget.settings.labels_combo.setCurrentText("mine")
     _embed(qtbot, widget)
     _permissive(widget)
     widget.auto_settings()  # valid
@@ -49,7 +49,7 @@ def test_segment_everything_on_a_stack_links_slices(make_napari_viewer, qtbot, c
     widget = _widget(viewer, checkpoint)
     _embed(qtbot, widget)
     _permissive(widget)
-    widget.auto_stack_check.setChecked(True)
+    widget.everything.auto_stack_check.setChecked(True)
     widget.segment_everything()
     widget.wait(timeout=TIMEOUT / 1000)
     labels = viewer.layers[C.LABELS_LAYER].data
@@ -87,7 +87,7 @@ def test_labels_on_disk_are_measured_in_the_background_plane_by_plane(make_napar
     import zarr
     from skimage.measure import regionprops_table
 
-    from napari_sam_hq.engine.measure import measure
+    from napari_sam_hq.engine.io.measure import measure
 
     stack = np.stack([blob_image(48, 56, seed=s, channels=1) for s in range(5)])
     viewer = make_napari_viewer()
@@ -97,17 +97,17 @@ def test_labels_on_disk_are_measured_in_the_background_plane_by_plane(make_napar
     z[2:4, 30:40, 10:20] = 11
     layer = viewer.add_labels(z, name="mine")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("mine")
+    widget.settings.labels_combo.setCurrentText("mine")
     worker = widget.start_measure()
-    assert worker is not None and widget.busy and not widget.measure_button.isEnabled()
+    assert worker is not None and widget.busy and not widget.measurement.measure_button.isEnabled()
     widget.wait(timeout=60)
-    table = widget.measurements
+    table = widget.measurement.measurements
     assert table["label"].tolist() == [4, 11] and table["volume"].tolist() == [15 * 22, 2 * 10 * 10]
     pd.testing.assert_frame_equal(table, measure(np.asarray(z[:]), stack))
     expected = regionprops_table(np.asarray(z[:]), stack, properties=["label", "area", "intensity_mean"])
     np.testing.assert_allclose(table["intensity_mean"], expected["intensity_mean"], rtol=1e-6)
     assert layer.features["label"].tolist() == [4, 11] and widget.table.rowCount() == 2
-    assert type(layer.data).__module__.startswith("zarr") and widget.measure_button.isEnabled()
+    assert type(layer.data).__module__.startswith("zarr") and widget.measurement.measure_button.isEnabled()
     assert widget.measure()["label"].tolist() == [4, 11]  # the scripted form returns the table
 
 
@@ -116,7 +116,7 @@ def test_measure_returns_when_its_worker_finished_before_it_waited(make_napari_v
     image measures in less than a thread switch) must not leave it waiting for ever."""
     from qtpy.QtCore import QThreadPool
 
-    from napari_sam_hq._napari import tools
+    from napari_sam_hq._napari.tools import measure as tools
 
     viewer = make_napari_viewer()
     viewer.add_image(blob_image(60, 70, seed=3, channels=1), name="img")
@@ -124,15 +124,15 @@ def test_measure_returns_when_its_worker_finished_before_it_waited(make_napari_v
     labels[5:20, 5:30], labels[30:50, 35:60] = 1, 2
     viewer.add_labels(labels, name="mine")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("mine")
-    start = widget.start_measure
+    widget.settings.labels_combo.setCurrentText("mine")
+    start = widget.measurement.start_measure
 
     def start_and_let_it_finish():
         worker = start()
         QThreadPool.globalInstance().waitForDone(20_000)  # the job ran to its end; no Qt event yet
         return worker
 
-    monkeypatch.setattr(widget, "start_measure", start_and_let_it_finish)
+    monkeypatch.setattr(widget.measurement, "start_measure", start_and_let_it_finish)
     waits = []
     wait = tools.process_events_until
     monkeypatch.setattr(tools, "process_events_until",

@@ -48,13 +48,13 @@ def test_a_new_session_reuses_the_store(make_napari_viewer, qtbot, checkpoint, t
     first = make_napari_viewer()
     first.add_image(stack, name="stack")
     w1 = _widget(first, checkpoint)
-    w1.store_edit.setText(store_dir)
+    w1.settings.store_edit.setText(store_dir)
     _embed(qtbot, w1)
     assert w1.store().writes == 4
     second = make_napari_viewer()
     second.add_image(stack.copy(), name="again")
     w2 = _widget(second, checkpoint)
-    w2.store_edit.setText(store_dir)
+    w2.settings.store_edit.setText(store_dir)
     _embed(qtbot, w2)
     assert w2.store().writes == 0 and w2.store().hits >= 4
     assert len(_ready(w2, second.layers["again"])) == 4
@@ -65,7 +65,7 @@ def test_bad_store_folder_falls_back_to_ram_with_a_message(make_napari_viewer, q
     viewer = make_napari_viewer()
     viewer.add_image(blob_image(40, 50, channels=1), name="img")
     widget = _widget(viewer, checkpoint)
-    widget.store_edit.setText(str(tmp_path))
+    widget.settings.store_edit.setText(str(tmp_path))
     _embed(qtbot, widget)
     assert "not an embedding store" in widget.status_label.text() or widget.store().root is None
     assert widget.store().root is None
@@ -76,8 +76,8 @@ def test_large_image_is_tiled_and_prompts_work(make_napari_viewer, qtbot, checkp
     viewer = make_napari_viewer()
     viewer.add_image(blob_image(300, 420, seed=3, channels=1), name="big")
     widget = _widget(viewer, checkpoint)
-    widget.tile_spin.setValue(256)
-    widget.overlap_spin.setValue(64)
+    widget.settings.tile_spin.setValue(256)
+    widget.settings.overlap_spin.setValue(64)
     _embed(qtbot, widget)
     session = widget.session()
     assert session.grid.tiled and len(session.grid_tiles()) == 4
@@ -95,8 +95,8 @@ def test_a_mask_cut_at_a_tile_edge_is_drawn_at_once_then_redone(make_napari_view
     viewer = make_napari_viewer()
     layer = viewer.add_image(blob_image(300, 420, seed=3, channels=1), name="big")
     widget = _widget(viewer, checkpoint)
-    widget.tile_spin.setValue(256)
-    widget.overlap_spin.setValue(64)
+    widget.settings.tile_spin.setValue(256)
+    widget.settings.overlap_spin.setValue(64)
     _embed(qtbot, widget)
     ann = widget.annotator(layer)
     ann.request([()], tiles=[ann.session.grid.coarse])
@@ -138,8 +138,8 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     before = labels.data.copy()
     assert [z for z in range(6) if (before[z] == label).any()] == [2]
     # random weights: make it go through every slice
-    widget.propagation_form.score_threshold.value = 0.0
-    widget.propagation_form.iou_threshold.value = 0.0
+    widget.propagation.propagation_form.score_threshold.value = 0.0
+    widget.propagation.propagation_form.iou_threshold.value = 0.0
     worker = widget.propagate()
     assert worker is not None
     widget.wait(timeout=TIMEOUT / 1000)
@@ -150,19 +150,19 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     assert widget.status_label.text().startswith("Propagated")
     # tiles stored later (the queue waits for a propagation) do not overwrite that report: a
     # neighbour's, nor the rest of the plane on screen
-    from napari_sam_hq.engine.annotator import EncodeStep
+    from napari_sam_hq.engine.annotation.annotator import EncodeStep
 
     ann = widget.annotator(viewer.layers["stack"])
     uid, tile = viewer.layers["stack"].unique_id, ann.session.grid.tiles[0]
 
     def stored(key):
-        widget._on_embed_yielded(("progress", 1.0, uid, EncodeStep(1.0, key, tile, ann.orientation, True)))
+        widget.encoding.on_yielded(("progress", 1.0, uid, EncodeStep(1.0, key, tile, ann.orientation, True)))
 
     for key in [(3,), (2,)]:
         stored(key)
         assert widget.status_label.text().startswith("Propagated")
     # over the encoding's own message, the slice on screen's tile says so; a neighbour's does not
-    widget._on_embed_yielded(("status", "Loading vit_tiny…"))
+    widget.encoding.on_yielded(("status", "Loading vit_tiny…"))
     stored((3,))
     assert widget.status_label.text() == "Loading vit_tiny…"
     stored((2,))
@@ -187,7 +187,7 @@ def test_propagate_correct_repropagate_and_undo(make_napari_viewer, qtbot, check
     assert widget.commit() == [label]
     corrected = labels.data[4].copy()
     assert set(np.unique(labels.data)) <= {0, label}
-    widget.selected_only_check.setChecked(True)
+    widget.propagation.selected_only_check.setChecked(True)
     widget.propagate()
     widget.wait(timeout=TIMEOUT / 1000)
     final = labels.data.copy()
@@ -211,6 +211,6 @@ def test_propagate_needs_a_stack_and_an_object(make_napari_viewer, qtbot, checkp
     _embed(qtbot, widget)
     assert widget.propagate() is None  # 2D: a message, no worker
     viewer.add_image(_stack(3), name="stack")
-    widget.image_combo.setCurrentText("stack")
+    widget.settings.image_combo.setCurrentText("stack")
     _embed(qtbot, widget)
     assert widget.propagate() is None  # no object on this slice

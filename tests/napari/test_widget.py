@@ -21,8 +21,8 @@ TIMEOUT = 60_000
 def _widget(viewer, checkpoint) -> SamHQWidget:
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-hq", "SAM-HQ")
     assert isinstance(widget, SamHQWidget)
-    widget.model_combo.setCurrentText(checkpoint)
-    widget.device_combo.setCurrentText("cpu")
+    widget.settings.model_combo.setCurrentText(checkpoint)
+    widget.settings.device_combo.setCurrentText("cpu")
     return widget
 
 
@@ -88,7 +88,7 @@ def test_negative_points_are_marked_and_used(make_napari_viewer, qtbot, checkpoi
     _embed(qtbot, widget)
     points = viewer.layers[C.POINTS_LAYER]
     points.add([60, 80])
-    widget.negative_check.setChecked(True)
+    widget.prompts.negative_check.setChecked(True)
     points.add([20, 20])
     assert points.features["label"].astype(str).tolist() == [C.POSITIVE, C.NEGATIVE]
     _wait_preview(qtbot, widget, 1)
@@ -134,7 +134,7 @@ def test_existing_labels_are_kept_unless_overwrite(make_napari_viewer, qtbot, ch
     existing[:, 50:] = 0
     viewer.add_labels(existing.copy(), name="mine")
     widget = _widget(viewer, checkpoint)
-    widget.labels_combo.setCurrentText("mine")
+    widget.settings.labels_combo.setCurrentText("mine")
     _embed(qtbot, widget)
     viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[5, 5], [5, 95], [95, 95], [95, 5]]))
     _wait_preview(qtbot, widget, 1)
@@ -317,7 +317,7 @@ def test_wait_blocks_until_background_work_is_done_and_raises_its_error(make_nap
 
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not a checkpoint")
-    widget.model_combo.setCurrentText(str(bad))
+    widget.settings.model_combo.setCurrentText(str(bad))
     widget.compute_embeddings()
     with pytest.raises(Exception, match="not a readable PyTorch checkpoint"):
         widget.wait(timeout=TIMEOUT / 1000)

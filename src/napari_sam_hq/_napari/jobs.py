@@ -1,11 +1,12 @@
-"""``torch_job``: napari's ``thread_worker`` for background work that runs torch; and
-``process_events_until``, how a script's call waits for such work on the GUI thread.
+"""``Jobs``: the tools' workers by name; ``torch_job``: napari's ``thread_worker`` for
+background work that runs torch; and ``process_events_until``, how a script's call waits
+for such work on the GUI thread.
 
 Every job gives back its thread's idle OpenMP workers when it ends (in that thread: Qt
 keeps pooled threads alive for 30 s), and the GUI thread gives back its own before it starts
 one. With two threads' teams alive, libgomp stops its workers' spinning and torch's
 operators pay a wake-up each: the encoder in a worker was 20-30% slower than on the main
-thread (``engine.threads``).
+thread (``engine.volumes.threads``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import time
 from collections.abc import Callable
 
 from napari.qt.threading import thread_worker
+from qtpy.QtCore import QObject
 
-from ..engine.threads import release_openmp_threads
+from ..engine.volumes import memory
+from ..engine.volumes.threads import release_openmp_threads
+from .status import StatusLine
 
 
 def torch_job(func: Callable) -> Callable:
@@ -65,3 +69,80 @@ def process_events_until(done: Callable[[], bool], *, timeout: float | None = No
         time.sleep(poll)
     QCoreApplication.processEvents()
     return True
+
+
+class Jobs(QObject):
+    """The tools' background workers, at most one per name (``propagate``, ``auto``, ...):
+    each one's ``(fraction, text)`` progress goes to the status line (or its own ``yielded``),
+    its result to ``returned``, its errors to the status line; its button is disabled while it
+    runs and the dock's Cancel enabled. ``busy_elsewhere`` says whether the dock's other work
+    (encoding, decoding) runs, so Cancel is disabled only when nothing does.
+
+    A ``QObject`` child of the dock, and each job's handlers are slots of a child of it
+    (``_Relay``): when the dock is destroyed (the viewer closed), Qt disconnects them, so a
+    worker still running never reaches a deleted control."""
+
+    def __init__(self, status: StatusLine, cancel_button, *, busy_elsewhere: Callable[[], bool],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._status = status
+        self._cancel_button = cancel_button
+        self._busy_elsewhere = busy_elsewhere
+        self._workers: dict[str, object] = {}
+
+    def running(self, name: str):
+        """The worker running under ``name``, or ``None``."""
+        return self._workers.get(name)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._workers)
+
+    def run(self, name: str, worker, *, button, returned, message: str, yielded=None):
+        """Start ``worker`` under ``name`` and return it."""
+        relay = _Relay(self, name, button, returned, yielded or self._status.show_progress)
+        worker.yielded.connect(relay.on_yielded)
+        worker.returned.connect(relay.on_returned)
+        worker.errored.connect(relay.on_errored)
+        worker.finished.connect(relay.on_finished)
+        self._workers[name] = worker
+        button.setEnabled(False)
+        self._cancel_button.setEnabled(True)
+        self._status.say(message)
+        worker.start()
+        return worker
+
+    def _finished(self, name: str, button) -> None:
+        self._workers.pop(name, None)
+        memory.trim()  # the worker's temporaries back to the system (engine/volumes/memory.py)
+        button.setEnabled(True)
+        if not self._workers and not self._busy_elsewhere():
+            self._cancel_button.setEnabled(False)
+
+    def cancel(self) -> None:
+        """Stop every tool's worker between two steps."""
+        for worker in list(self._workers.values()):
+            worker.quit()
+
+
+class _Relay(QObject):
+    """One job's handlers, as slots of a child of ``Jobs`` (see there)."""
+
+    def __init__(self, jobs: Jobs, name: str, button, returned: Callable, yielded: Callable) -> None:
+        super().__init__(jobs)
+        self._jobs, self._name, self._button = jobs, name, button
+        self._returned, self._yielded = returned, yielded
+
+    def on_yielded(self, message) -> None:
+        self._yielded(message)
+
+    def on_returned(self, result) -> None:
+        self._returned(result)
+
+    def on_errored(self, err: Exception) -> None:
+        self._jobs._status.report_error(str(err), err)
+
+    def on_finished(self) -> None:
+        self._jobs._finished(self._name, self._button)
+        self.setParent(None)  # let go of it (Python frees it with its last reference)
+        self.deleteLater()

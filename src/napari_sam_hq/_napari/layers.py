@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.annotator import SlicePrompts
-from ..engine.labels import LabelVolume
-from ..engine.orientation import Orientation
+from ..engine.annotation.annotator import SlicePrompts
+from ..engine.annotation.labels import LabelVolume
+from ..engine.volumes.orientation import Orientation
 from .constants import NEGATIVE
 
 if TYPE_CHECKING:

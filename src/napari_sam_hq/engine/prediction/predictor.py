@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.common import exhaust
-from ..model.sam_hq import SamHQ
+from ...model.common import exhaust
+from ...model.sam_hq import SamHQ
 from .embedding import ImageEmbedding
 from .transforms import LOW_RES, Frames, model_image
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError, prompts_by_slice, read_boxes_csv, read_image, read_points_csv, write_labels, write_table
+from .files import InputError, prompts_by_slice, read_boxes_csv, read_image, read_points_csv, write_labels, write_table
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def labels_from_prompts(session, objects_by_slice: dict[tuple[int, ...], list[di
 
 
 def open_store(store: str | None):
-    from .store import EmbeddingStore, default_store_root
+    from ..volumes.store import EmbeddingStore, default_store_root
 
     if store is not None and store.lower() == "none":
         return EmbeddingStore(None)
@@ -87,9 +87,9 @@ def output_paths(image_path: Path, out_dir: str | Path) -> tuple[Path, Path]:
 
 def segment_image(model, image, job: FileJob, *, progress: Callable[[float, str], None] | None = None):
     """Labels for a ``LoadedImage`` by ``job``'s rule (prompts or automatic)."""
-    from ..model.common import exhaust
-    from .automatic import iter_segment_everything
-    from .session import SegmentationSession
+    from ...model.common import exhaust
+    from ..automatic.everything import iter_segment_everything
+    from ..volumes.session import SegmentationSession
 
     session = SegmentationSession(model, image.data, rgb=image.rgb, store=open_store(job.store),
                                   tile_size=job.tile_size, overlap=job.overlap)
@@ -122,7 +122,7 @@ def _model_for(job: FileJob, cache: dict):
     if key not in cache:
         import torch
 
-        from ..model import load_model
+        from ...model import load_model
 
         if job.threads:
             torch.set_num_threads(job.threads)

@@ -43,15 +43,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .embedding import ImageEmbedding
-from .labels import object_slices
-from .transforms import Frames
+from ..masks import object_slices
+from ..prediction.embedding import ImageEmbedding
+from ..prediction.transforms import Frames
+from .prompts import LOW, RefineSettings, low_res, mask_to_logits, object_prompts
 
 HQ_PARTS = ("hf_token", "hf_mlp", "embedding_maskfeature")
 FEATURE_PARTS = ("compress_vit_feat", "embedding_encoder")  # make the stored HQ features: frozen
-LOW = 256  # the decoder's output grid
 PROMPT_KINDS = ("box", "points", "mask", "refine")
-MASK_LOGIT = 8.0  # a mask given as the decoder's mask input: +-MASK_LOGIT inside / outside
 
 
 @dataclass(frozen=True)
@@ -172,8 +171,8 @@ def iter_training_images(session: Any, labels: Any, keys: Iterable[tuple[int, ..
     not tiled), so training sees what inference sees. Tiles missing from the store are
     encoded (and stored). Yields ``(fraction, message)``; returns one ``TrainingImage`` per
     tile that holds objects. Slices without objects cost one plane read."""
-    from .session import plane_of
-    from .tiling import prompt_extent
+    from ..volumes.session import plane_of
+    from ..volumes.tiling import prompt_extent
 
     keys = session.check_labels(labels, keys)
     out: list[TrainingImage] = []
@@ -202,24 +201,6 @@ class _Object:
     box: np.ndarray  # XYXY original pixels
 
 
-def _low_res(mask: np.ndarray, frames: Frames) -> torch.Tensor:
-    """The mask in the decoder's 256 x 256 grid (area resize to the input frame / 4, padded)."""
-    ih, iw = frames.input_size
-    h, w = max(1, round(ih / 4)), max(1, round(iw / 4))
-    t = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None]
-    small = F.interpolate(t, size=(h, w), mode="area")[0, 0]
-    out = torch.zeros(LOW, LOW)
-    out[:h, :w] = small
-    return out
-
-
-def mask_to_logits(mask: np.ndarray, frames: Frames) -> torch.Tensor:
-    """An ``H x W`` bool mask (original frame of ``frames``) as the decoder's mask input:
-    ``256 x 256`` logits, ``+MASK_LOGIT`` inside, ``-MASK_LOGIT`` outside and on the padding,
-    in between where a low-res cell is partly covered."""
-    return MASK_LOGIT * (2 * _low_res(mask, frames) - 1)
-
-
 def _valid(frames: Frames) -> torch.Tensor:
     ih, iw = frames.input_size
     v = torch.zeros(LOW, LOW)
@@ -237,8 +218,7 @@ def _prompt(obj: _Object, frames: Frames, rng: np.random.Generator, kind: str) -
     h, w = obj.mask.shape
     x0, y0, x1, y1 = obj.box
     if kind == "refine":  # what refine.iter_refine gives a user's imperfect label: box, inner point, mask
-        from .refine import RefineSettings, object_prompts
-        from .tiling import TileGrid
+        from ..volumes.tiling import TileGrid
 
         m = _perturbed(obj.mask, rng)
         if not m.any():
@@ -378,7 +358,7 @@ def iter_train(
                 )
             if m.any():
                 box = _box(m) if given is None else np.asarray(given, np.float64).ravel()
-                objs.append(_Object(i, m, _low_res(m, frames), box))
+                objs.append(_Object(i, m, low_res(m, frames), box))
     if len(objs) < 2:
         raise ValueError(f"training needs at least 2 objects (got {len(objs)}): label more objects")
     order = rng.permutation(len(objs))
@@ -502,7 +482,7 @@ def save_adapted(path, base_checkpoint, result: TrainResult, *, settings: TrainS
     import os
     from pathlib import Path
 
-    from ..model.checkpoints import read_state_dict
+    from ...model.checkpoints import read_state_dict
 
     path = Path(path)
     sd, base_id = read_state_dict(base_checkpoint)

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ..model.steps import exhaust
-from . import memory
-from .labels import LabelVolume, mask_box
-from .orientation import Orientation
-from .session import ObjectMask, SegmentationSession, SliceKey
-from .tiling import Tile
+from ...model.steps import exhaust
+from ..masks import mask_box
+from ..volumes import memory
+from ..volumes.orientation import Orientation
+from ..volumes.session import ObjectMask, SegmentationSession, SliceKey
+from ..volumes.tiling import Tile
+from .labels import LabelVolume
 
 
 @dataclass
@@ -416,7 +417,7 @@ class Annotator:
                 while self._round(rounds, key, ready, preview, errors, waiting):
                     pass
         self._publish(orientation, preview, waiting)
-        memory.trim_if_grown()  # decodes leave freed heap behind (engine/memory.py)
+        memory.trim_if_grown()  # decodes leave freed heap behind (engine/volumes/memory.py)
         return preview, errors
 
     def _round(self, rounds, key: SliceKey, objects: list[dict], preview: Preview, errors: dict, waiting: set) -> bool:
@@ -598,7 +599,7 @@ class Annotator:
     def iter_propagate(self, here: SliceKey, seeds: dict[int, dict[int, np.ndarray]], settings: Any = None):
         """``propagation.iter_propagate`` along the last slicing axis through ``here``,
         ``in_front`` of the encoding queue."""
-        from .propagation import iter_propagate
+        from ..volumes.propagation import iter_propagate
 
         axis = len(self.lead_shape) - 1
         return self.in_front(iter_propagate(self.session, seeds, axis=axis, base_key=tuple(here), settings=settings))
@@ -674,14 +675,14 @@ class Annotator:
     def iter_training_images(self, source: Any, keys: list[SliceKey] | None = None, *, name: str = ""):
         """``training.iter_training_images`` of the label image ``source`` (data frame, the
         image's spatial shape) in the current orientation."""
-        from .training import iter_training_images
+        from ..adaptation.training import iter_training_images
 
         return iter_training_images(self.session, self._oriented_labels(source), keys, name=name)
 
     def iter_refine(self, source: Any, keys: list[SliceKey] | None = None, settings: Any = None):
         """``refine.iter_refine`` of the label image ``source`` (data frame) in the current
         orientation; write the result with ``apply_refine``."""
-        from .refine import iter_refine
+        from ..adaptation.refine import iter_refine
 
         return iter_refine(self.session, self._oriented_labels(source), keys, settings)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model.steps import exhaust
+from ...model.steps import exhaust
 
 
 def measure(labels: Any, image: Any = None, *, spacing: tuple[float, ...] | None = None):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import ImageEmbedding
+from ..prediction.embedding import ImageEmbedding
 
 STORE_FORMAT = 1
 PREPROCESS_VERSION = 1
@@ -64,7 +64,7 @@ def content_key(pixels: np.ndarray, contrast_limits: tuple[float, float] | None)
 
 def default_store_root() -> Path:
     """``<cache folder>/embeddings`` (the checkpoint cache, ``$NAPARI_SAM_HQ_CACHE``)."""
-    from ..model.download import cache_dir
+    from ...model.download import cache_dir
 
     return cache_dir() / "embeddings"
 

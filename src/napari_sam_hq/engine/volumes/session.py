@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..model.lazy import LazyModel
-from ..model.steps import exhaust
+from ...model.lazy import LazyModel
+from ...model.steps import exhaust
+from ..masks import mask_box, pack, unpack
 from . import memory
-from .labels import mask_box, pack, unpack
 from .orientation import OrientedArray
 from .store import EmbeddingStore, content_key
 from .tiling import Tile, TileGrid, prompt_extent
 
 if TYPE_CHECKING:
-    from .predictor import SamHQPredictor
+    from ..prediction.predictor import SamHQPredictor
 
 SliceKey = tuple[int, ...]
 
@@ -579,6 +579,6 @@ def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:
 
 
 def _default_predictor(model: Any) -> SamHQPredictor:
-    from .predictor import SamHQPredictor  # torch: imported when a model is first needed
+    from ..prediction.predictor import SamHQPredictor  # torch: imported when a model is first needed
 
     return SamHQPredictor(model)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import SeedPlane
+from ..masks import SeedPlane
 
 
 @dataclass(frozen=True)

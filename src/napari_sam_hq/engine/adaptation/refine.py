@@ -2,7 +2,7 @@
 
 Every object of every plane is segmented again, prompted with what the old labels say of
 it: its bounding box, one interior point (the pixel farthest from its border) and its own
-mask as the decoder's mask input (``training.mask_to_logits``, the same form the adapted
+mask as the decoder's mask input (``prompts.mask_to_logits``, the same form the adapted
 models are trained with). Objects of a plane are decoded in batches through the session,
 so stored embeddings, tiles (an object goes to the tile that holds it) and stacks (one
 plane at a time, never the whole volume) work as everywhere else. Ids are kept.
@@ -27,11 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .labels import mask_box, object_slices, pack, unpack
-from .propagation import prompt_from_mask
-from .session import SegmentationSession, SliceKey, plane_of
-from .tiling import TileGrid, prompt_extent
-from .transforms import Frames
+from ..masks import mask_box, object_slices, pack, unpack
+from ..volumes.session import SegmentationSession, SliceKey, plane_of
+from .prompts import RefineSettings, object_prompts
 
 _ANSWER_BYTES = 64 * 2**20  # full-plane bool answers per decoder batch (4 at 4096 x 4096)
 
@@ -39,33 +37,6 @@ KEPT_EMPTY = "kept: empty answer"
 KEPT_CHANGED = "kept: changed too much"
 KEPT_SMALL = "kept: too small"
 REFINED = "refined"
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """What prompts each object (its box and/or an interior point, and its mask), when the old mask is
-    kept (``min_iou``, ``min_area`` pixels), objects per decoder batch, and the decoder's
-    ``hq_token_only``."""
-
-    use_box: bool = True
-    use_point: bool = True
-    use_mask: bool = True
-    min_iou: float = 0.5
-    min_area: int = 9
-    batch: int = 16
-    hq_token_only: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not (self.use_box or self.use_point):
-            problems.append("prompt each object with its box or an interior point (the mask input alone "
-                            "does not say where the object is)")
-        if not 0.0 <= self.min_iou <= 1.0:
-            problems.append(f"min_iou must be between 0 and 1, got {self.min_iou}")
-        if self.min_area < 1 or self.batch < 1:
-            problems.append("min_area and batch must be at least 1")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -125,35 +96,6 @@ class RefineResult:
         for plane in self.planes:
             y0, x0, y1, x1 = plane.box
             out[(*plane.key, slice(y0, y1), slice(x0, x1))] = plane.values()
-
-
-def object_prompts(mask: np.ndarray, origin: tuple[int, int], grid: TileGrid, settings: RefineSettings) -> dict:
-    """The prompt of one object, from its ``mask`` (a crop whose top-left pixel is
-    ``origin`` = (y, x) of the plane): a ``session.segment`` object dict, with the box and
-    innermost point that propagation uses (``propagation.prompt_from_mask``)."""
-    y0, x0 = origin
-    found = prompt_from_mask(mask)  # box and innermost pixel, crop frame -> plane frame
-    box = found["box"] + np.array([x0, y0, x0, y0], float)
-    point = found["point_coords"] + np.array([x0, y0], float)
-    obj: dict = {}
-    if settings.use_box:
-        obj["box"] = box
-    if settings.use_point:
-        obj.update(point_coords=point, point_labels=np.array([1]))
-    if settings.use_mask:
-        from .training import mask_to_logits
-
-        # the mask input lives in the frame of the tile that will answer (the session's choice)
-        tile = grid.choose(prompt_extent(point if settings.use_point else None, box))
-        th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
-        local = np.zeros((th, tw), bool)
-        ys, xs = slice(max(y0, tile.y0), min(y0 + mask.shape[0], tile.y1)), \
-            slice(max(x0, tile.x0), min(x0 + mask.shape[1], tile.x1))
-        local[ys.start - tile.y0 : ys.stop - tile.y0, xs.start - tile.x0 : xs.stop - tile.x0] = \
-            mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-        obj["mask_input"] = mask_to_logits(local, Frames.for_image(th, tw)).numpy()
-        obj["tile"] = tile
-    return obj
 
 
 def refine_plane(session: SegmentationSession, key: SliceKey, plane: np.ndarray,

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .session import SegmentationSession, SliceKey
+from ..volumes.session import SegmentationSession, SliceKey
+from ..volumes.tiling import Tile
 from .settings import AutoSettings
-from .tiling import Tile
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""**Stacks**: propagate the objects of the slice on screen through the stack, both ways, until
+they end; correct a slice and propagate again (the annotator keeps the seeds)."""
+
+from __future__ import annotations
+
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QPushButton
+
+from ...engine.volumes.propagation import PropagationSettings
+from ..forms import settings_form
+from ..host import ToolHost
+from ..jobs import torch_job
+from ..layers import spatial_shape
+
+UNIT = dict(min=0.0, max=1.0, step=0.05)
+JOB = "propagate"
+
+
+class PropagationPanel(QGroupBox):
+    def __init__(self, host: ToolHost) -> None:
+        super().__init__("Stacks")
+        self.host = host
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.setToolTip(
+            "Segment the objects of this slice on the neighbouring slices, both ways, until they end"
+        )
+        self.selected_only_check = QCheckBox("Only the selected label")
+        self.propagation_form = settings_form(
+            PropagationSettings,
+            {
+                "score_threshold": dict(UNIT, tooltip="Stop where the predicted IoU falls below this"),
+                "iou_threshold": dict(UNIT, tooltip="Stop where the overlap (IoU) with the previous slice falls below"),
+                "min_area": dict(min=1, max=10**7, tooltip="Stop where the object has fewer pixels than this"),
+                "max_slices": dict(value=0, annotation=int, min=0, max=100000,
+                                   tooltip="At most this many slices each way (0: to the end of the stack)"),
+            },
+            labels={"score_threshold": "Stop below score", "iou_threshold": "Stop below IoU",
+                    "min_area": "Min area (px)", "max_slices": "Max slices each way"},
+        )
+        form = QFormLayout(self)
+        form.addRow(self.propagation_form.native)
+        form.addRow(self.selected_only_check)
+        form.addRow(self.propagate_button)
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+
+    def propagate(self):
+        """Propagate the objects of the current slice (or the selected label) through the
+        stack along the last slicing axis of the plane on screen. Returns the worker, or ``None``."""
+        host = self.host
+        image = host.image_layer
+        if image is not None and len(spatial_shape(image)) < 3:
+            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
+            return None
+        found = host.target(JOB, "a propagation", "compute embeddings and commit an object first")
+        if found is None:
+            return None
+        ann, here, target = found
+        settings = host.settings(PropagationSettings, self.propagation_form,
+                                 max_slices=self.propagation_form.max_slices.value or None)
+        if settings is None:
+            return None
+        ids = [int(target.selected_label)] if self.selected_only_check.isChecked() else ann.labels_on(here)
+        if not ids or ids == [0]:
+            show_info("SAM-HQ: no object on this slice to propagate: commit one first (or pick its label)")
+            return None
+        seeds = ann.propagation_seeds(here, ids)
+        if not seeds:
+            show_info(f"SAM-HQ: label(s) {ids} have no pixels in this stack")
+            return None
+        return host.jobs.run(JOB, _propagate_job(ann, here, seeds, settings), button=self.propagate_button,
+                             returned=lambda result: self._on_propagated(ann, target, here, result, seeds),
+                             message=f"Propagating {len(seeds)} object(s)…")
+
+    def _on_propagated(self, ann, target, here, found, seeds) -> None:
+        host = self.host
+        if target not in host.viewer.layers:
+            show_warning("SAM-HQ: the labels layer was removed during propagation; nothing written")
+            return
+        ann.labels = host.labels_volume(target)
+        ann.apply_propagation(here, found, seeds, overwrite=host.overwrite)
+        reach = sorted(found)
+        span = f"slices {reach[0]}-{reach[-1]}" if reach else "no new slice"
+        host.status.say(f"Propagated {len(seeds)} object(s): {span} ({len(found)} slices).")
+        host.status.progress(1.0)
+
+
+@torch_job
+def _propagate_job(ann, here, seeds, settings):
+    return (yield from ann.iter_propagate(here, seeds, settings))
