@@ -8,7 +8,8 @@ import os
 from skimage import data
 
 from napari_sam_hq.engine import EmbeddingStore, SegmentationSession
-from napari_sam_hq.engine.automatic.everything import AutoSettings, iter_segment_everything
+from napari_sam_hq.engine.automatic.everything import AutoSettings
+from napari_sam_hq.engine.automatic.modes import iter_segment_everything
 from napari_sam_hq.engine.io.measure import measure
 from napari_sam_hq.model import load_model
 from napari_sam_hq.model.common import exhaust

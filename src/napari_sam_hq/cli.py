@@ -285,7 +285,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_auto(args) -> int:
-    from .engine.automatic.everything import iter_segment_everything
+    from .engine.automatic.modes import iter_segment_everything
     from .engine.io.files import write_labels
 
     settings = _auto_settings(args)

@@ -45,7 +45,7 @@ _EXPORTS = {
     "open_labels_zarr": "annotation.labels",
     "Annotator": "annotation.annotator",
     "AutoSettings": "automatic.settings",
-    "iter_segment_everything": "automatic.everything",
+    "iter_segment_everything": "automatic.modes",
     "TrainSettings": "adaptation.training",
     "iter_train": "adaptation.training",
     "RefineSettings": "adaptation.refine",
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs, which read this file st
     from .adaptation.training import TrainSettings, iter_train
     from .annotation.annotator import Annotator
     from .annotation.labels import LabelVolume, open_labels_zarr
-    from .automatic.everything import iter_segment_everything
+    from .automatic.modes import iter_segment_everything
     from .automatic.settings import AutoSettings
     from .io.files import read_image, write_labels
     from .io.measure import iter_measure, measure

@@ -83,6 +83,6 @@ class SegmentEverythingPanel(QGroupBox):
 
 @torch_job
 def _auto_job(ann, keys, settings):
-    from ...engine.automatic.everything import iter_segment_everything
+    from ...engine.automatic.modes import iter_segment_everything
 
     return (yield from ann.in_front(iter_segment_everything(ann.session, keys, settings)))

@@ -8,7 +8,10 @@ as the official ``SamAutomaticMaskGenerator`` does, on the embeddings of the ses
 store:
 1. a grid of ``points_per_side`` x ``points_per_side`` single positive points, decoded in
    batches; each point's mask is the official single output (best of the three SAM masks
-   + HQ) with the SAM token's predicted IoU as its score;
+   + HQ) with the SAM token's predicted IoU as its score. Coarse to fine
+   (``AutoSettings.coarse_to_fine``, on by default): a sparse grid first, then only the
+   dense grid's points that no accepted mask covers and that are not on flat background
+   (``fine_points``): the same objects for a fraction of the prompts; off, the official grid;
 2. masks scored at most ``pred_iou_thresh`` are dropped *before* their mask heads run (the
    score comes from the transformer alone: same result, a fraction of the cost);
 3. the stability score (IoU of the mask thresholded at +-``stability_score_offset``) must
@@ -39,6 +42,7 @@ from scipy import ndimage
 
 from ..volumes.session import SegmentationSession, SliceKey
 from ..volumes.tiling import Tile
+from .linking import link_slices, relabel_raster
 from .settings import AutoSettings
 
 
@@ -203,12 +207,21 @@ def iter_generate_masks(
         predictor = session.tile_predictor(key, tile, lookup)
         ch, cw = tile.y1 - tile.y0, tile.x1 - tile.x0
         points = grid * np.array([cw, ch])  # crop frame (x, y)
+        n_side = round(math.sqrt(len(grid)))
+        coarse_n = settings.coarse_points_per_side or max(4, n_side // 4)
         found: list[AutoMask] = []
-        for s in range(0, len(points), settings.points_per_batch):
-            batch = points[s : s + settings.points_per_batch]
+        if settings.coarse_to_fine and coarse_n < n_side:
+            coarse = point_grid(coarse_n) * np.array([cw, ch])
+            for batch in _batches(coarse, settings.points_per_batch):
+                found += _process_batch(predictor, batch, tile, shape, settings)
+                done += len(batch) / settings.points_per_batch
+                yield min(done / total, 0.99), f"crop {tile.box}: {len(found)} masks (coarse grid)"
+            _, pixels, limits = lookup(tile)
+            points = fine_points(points, coarse, found, tile, pixels, limits, spacing=max(cw, ch) / n_side)
+        for batch in _batches(points, settings.points_per_batch):
             found += _process_batch(predictor, batch, tile, shape, settings)
-            done += 1
-            yield done / total, f"crop {tile.box}: {len(found)} masks"
+            done += len(batch) / settings.points_per_batch
+            yield min(done / total, 0.99), f"crop {tile.box}: {len(found)} masks"
         if found:
             keep = nms(np.array([m.box for m in found]), np.array([m.predicted_iou for m in found]),
                        settings.box_nms_thresh)
@@ -223,6 +236,44 @@ def iter_generate_masks(
     everything = [m for m in everything if m.area <= limit]
     yield 1.0, f"{len(everything)} masks"
     return everything
+
+
+def _batches(points: np.ndarray, n: int):
+    for s in range(0, len(points), n):
+        yield points[s : s + n]
+
+
+def fine_points(points: np.ndarray, coarse: np.ndarray, found: list[AutoMask], tile: Tile, pixels: np.ndarray,
+                limits, *, spacing: float) -> np.ndarray:
+    """The dense grid's ``points`` (crop frame) still worth a prompt after the coarse pass:
+    those that no accepted mask covers and that are not on flat background. Background is
+    what the coarse points that found nothing sampled: a point is skipped when its
+    neighbourhood (``spacing`` wide) is flat (its spread within twice the image's noise) and
+    at that level (within three noise sigmas). Without such coarse points nothing is
+    skipped as background."""
+    from ..prediction.transforms import to_model_rgb
+
+    ch, cw = tile.y1 - tile.y0, tile.x1 - tile.x0
+    covered = np.zeros((ch, cw), bool)
+    for m in found:
+        x0, y0, x1, y1 = m.box
+        covered[y0 - tile.y0 : y1 - tile.y0 + 1, x0 - tile.x0 : x1 - tile.x0 + 1] |= m.crop_mask
+    ix = np.clip(np.round(points[:, 0]).astype(int), 0, cw - 1)
+    iy = np.clip(np.round(points[:, 1]).astype(int), 0, ch - 1)
+    keep = ~covered[iy, ix]
+    grey = to_model_rgb(pixels, contrast_limits=limits).astype(np.float32).mean(axis=-1)
+    noise = max(1.0, 1.4826 * float(np.median(np.abs(grey - ndimage.gaussian_filter(grey, 1.0)))))
+    size = max(3, int(spacing))
+    mean = ndimage.uniform_filter(grey, size)
+    spread = np.sqrt(np.maximum(ndimage.uniform_filter(grey * grey, size) - mean * mean, 0))
+    cx = np.clip(np.round(coarse[:, 0]).astype(int), 0, cw - 1)
+    cy = np.clip(np.round(coarse[:, 1]).astype(int), 0, ch - 1)
+    empty = ~covered[cy, cx]  # coarse points that found no object: they sampled the background
+    if empty.any():
+        level = float(np.median(mean[cy[empty], cx[empty]]))
+        flat = (spread[iy, ix] < 2 * noise) & (np.abs(mean[iy, ix] - level) < 3 * noise)
+        keep &= ~flat
+    return points[keep]
 
 
 def _process_batch(predictor, points: np.ndarray, tile: Tile, shape, settings: AutoSettings) -> list[AutoMask]:
@@ -300,78 +351,17 @@ def masks_to_labels(masks: list[AutoMask], shape_hw: tuple[int, int], *, dtype=n
     return relabel_raster(labels).astype(dtype)
 
 
-def relabel_raster(labels: np.ndarray) -> np.ndarray:
-    """Ids 1..N in raster order of each object's first pixel (0 stays 0)."""
-    flat = labels.ravel()
-    ids, first = np.unique(flat, return_index=True)
-    order = [int(i) for _, i in sorted(zip(first, ids, strict=True)) if i != 0]
-    lut = np.zeros(int(flat.max()) + 1 if flat.size else 1, np.int64)
-    lut[order] = np.arange(1, len(order) + 1)
-    return lut[labels]
-
-
-def link_slices(planes: list[np.ndarray], *, iou_threshold: float = 0.5) -> np.ndarray:
-    """Join per-slice labels (``N`` planes ``H x W``) into ``N x H x W`` labels with 3D ids.
-
-    Rule: an object on slice z takes the id of the object on slice z - 1 it overlaps most by
-    IoU, when that IoU is at least ``iou_threshold``; each object of z - 1 is taken at most
-    once (pairs matched greedily by decreasing IoU). Otherwise it starts a new id. Objects
-    are linked only to the adjacent slice. Ids are then renumbered in raster order.
-    """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    out = np.zeros((len(planes), *planes[0].shape), np.int64)
-    next_id = 1
-    for z, plane in enumerate(planes):
-        plane = np.asarray(plane, np.int64)
-        ids = [int(i) for i in np.unique(plane) if i != 0]
-        mapping: dict[int, int] = {}
-        if z > 0 and ids:
-            prev = out[z - 1]
-            pairs = _overlaps(prev, plane)
-            taken_prev: set[int] = set()
-            for iou, a, b in sorted(pairs, reverse=True):
-                if iou < iou_threshold or a in taken_prev or b in mapping:
-                    continue
-                mapping[b] = a
-                taken_prev.add(a)
-        for b in ids:
-            if b not in mapping:
-                mapping[b] = next_id
-                next_id += 1
-        lut = np.zeros(plane.max() + 1, np.int64)
-        for b, a in mapping.items():
-            lut[b] = a
-        out[z] = lut[plane]
-        next_id = max(next_id, int(out[z].max()) + 1)
-    return relabel_raster(out).astype(np.uint32)
-
-
-def _overlaps(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, int]]:
-    """(IoU, id in a, id in b) for every pair of objects that overlap."""
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return []
-    pairs, counts = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
-    area_a = dict(zip(*np.unique(a[a > 0], return_counts=True), strict=True))
-    area_b = dict(zip(*np.unique(b[b > 0], return_counts=True), strict=True))
-    out = []
-    for (ia, ib), inter in zip(pairs.T, counts, strict=True):
-        union = area_a[ia] + area_b[ib] - inter
-        out.append((float(inter / union), int(ia), int(ib)))
-    return out
-
-
-def iter_segment_everything(
+def iter_amg(
     session: SegmentationSession,
     keys: list[SliceKey] | None = None,
     settings: AutoSettings | None = None,
     *,
     link_iou: float = 0.5,
 ) -> Generator[tuple[float, str], None, np.ndarray]:
-    """Labels for a plane (``keys`` = ``[()]``) or for slices of a stack along its first
-    leading axis, linked into 3D objects (``link_slices``). Returns ``H x W`` or
-    ``len(keys) x H x W`` uint32 labels."""
+    """The grid method (``amg``): labels for a plane (``keys`` = ``[()]``) or for slices of a
+    stack along its first leading axis, linked into 3D objects (``link_slices``). Returns
+    ``H x W`` or ``len(keys) x H x W`` uint32 labels. ``modes.iter_segment_everything`` is
+    the entry point that chooses among the modes."""
     keys = session.keys if keys is None else [session.check_key(k) for k in keys]
     planes = []
     for i, key in enumerate(keys):
@@ -393,7 +383,7 @@ __all__ = [
     "box_iou",
     "crop_tiles",
     "iter_generate_masks",
-    "iter_segment_everything",
+    "iter_amg",
     "link_slices",
     "masks_to_labels",
     "nms",

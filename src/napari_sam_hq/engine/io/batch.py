@@ -88,7 +88,7 @@ def output_paths(image_path: Path, out_dir: str | Path) -> tuple[Path, Path]:
 def segment_image(model, image, job: FileJob, *, progress: Callable[[float, str], None] | None = None):
     """Labels for a ``LoadedImage`` by ``job``'s rule (prompts or automatic)."""
     from ...model.common import exhaust
-    from ..automatic.everything import iter_segment_everything
+    from ..automatic.modes import iter_segment_everything
     from ..volumes.session import SegmentationSession
 
     session = SegmentationSession(model, image.data, rgb=image.rgb, store=open_store(job.store),
