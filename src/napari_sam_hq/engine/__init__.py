@@ -8,7 +8,7 @@ Grouped by idea, imports pointing down this list only (``tests/test_layers.py`` 
 - ``automatic``: segment everything
 - ``volumes``: sessions over stacks and tiled planes, the embedding store, propagation
 - ``prediction``: the predictor of one image and its frames
-- ``masks``: mask and label-image helpers every subpackage may use
+- ``masks``, ``atomic``: mask helpers and atomic file writes every subpackage may use
 
 Names are exported lazily (PEP 562): ``import napari_sam_hq.engine`` and its torch-free
 modules (store, session, tiling, settings, io) do not import torch; the predictor does.

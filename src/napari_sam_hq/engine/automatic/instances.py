@@ -274,7 +274,7 @@ def save_head(path: str | Path, head: Any, card: HeadCard) -> tuple[Path, Path]:
     atomically, so a failed write leaves no half file. The SAM-HQ checkpoint is not touched."""
     import torch
 
-    from ..io.files import atomic_write
+    from ..atomic import atomic_write
 
     path = Path(path)
     blob = {"format": HEAD_FORMAT, "version": HEAD_VERSION, "card": asdict(card),

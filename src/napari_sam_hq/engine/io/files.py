@@ -18,13 +18,12 @@ it every point is positive. An optional ``object`` column groups points into obj
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 SliceKey = tuple[int, ...]
 
@@ -237,22 +236,6 @@ def prompts_by_slice(
         if objs:
             out[key] = objs
     return out
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place: a
-    failure never leaves a half-written ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def labels_dtype(max_id: int) -> np.dtype:
