@@ -329,3 +329,88 @@ def test_refine_keeps_ids_writes_a_table_and_refuses_labels_of_another_image(ckp
         assert main(argv) == code
         assert words in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
+
+
+def _scene_folders(tmp_path: Path, n: int = 3) -> tuple[Path, Path]:
+    from .engine.scenes import cell_scene
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(n):
+        image, truth = cell_scene((128, 128), seed=20 + i)
+        tifffile.imwrite(images / f"scene{i}.tif", image)
+        tifffile.imwrite(labels / f"scene{i}.tif", truth.astype(np.uint16))
+    return images, labels
+
+
+def test_train_a_head_then_segment_everything_with_it(ckpt, tmp_path, capsys):
+    import json
+
+    images, labels = _scene_folders(tmp_path)
+    head = tmp_path / "cells.head.pth"
+    store = str(tmp_path / "store.zarr")
+    assert main(["train", "--head", "instances", "--images", str(images), "--labels", str(labels), "--model", ckpt,
+                 "--out", str(head), "--minutes", "0.2", "--store", store, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out AP50" in out and "stopped:" in out and head.is_file()
+    card = json.loads(head.with_suffix(".pth.json").read_text())
+    assert card["held_out"]["images"] == 1 and card["data"]["images"][0].endswith("scene0.tif")
+    image = str(images / "scene0.tif")
+    common = ["--model", ckpt, "--device", "cpu", "--store", store]
+    for mode in (None, "apg", "amg"):
+        target = tmp_path / f"auto_{mode}.tif"
+        assert main(["auto", image, *common, "--head", str(head), "--out", str(target),
+                     *(["--mode", mode] if mode else [])]) == 0
+        assert tifffile.imread(target).shape == (128, 128)
+    batch_out = tmp_path / "batch"
+    assert main(["batch", str(images / "*.tif"), *common, "--auto", "--head", str(head), "--out-dir", str(batch_out),
+                 "--scheduler", "serial"]) == 0
+    assert pd.read_csv(batch_out / "summary.csv")["status"].tolist() == ["done"] * 3
+
+
+def test_auto_refuses_a_missing_corrupt_or_foreign_head_in_one_line(ckpt, tmp_path, capsys):
+    import torch
+
+    from napari_sam_hq.engine.automatic.instances import HeadCard, build_head, save_head
+
+    tifffile.imwrite(tmp_path / "img.tif", blob_image(64, 72, seed=4, channels=1))
+    target = tmp_path / "labels.tif"
+    base = ["auto", str(tmp_path / "img.tif"), "--model", ckpt, "--device", "cpu", "--out", str(target)]
+    assert main([*base, "--mode", "ais"]) == 2
+    assert "--mode ais needs --head" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a head")
+    assert main([*base, "--head", str(corrupt)]) == 3
+    err = capsys.readouterr().err
+    assert "not a readable instance head" in err and err.count("\n") == 1
+    h = build_head({"width": 8})
+    foreign, _ = save_head(tmp_path / "foreign.pth", h, HeadCard("vit_h", "0123abcd", dict(h.config)))
+    assert main([*base, "--head", str(foreign)]) == 3
+    assert "trained on the features of vit_h" in capsys.readouterr().err
+    assert main([*base, "--head", ckpt]) == 3  # a SAM-HQ checkpoint is not a head
+    assert "use it as --model" in capsys.readouterr().err
+    assert not target.exists()
+    assert torch.load(foreign, weights_only=True)["card"]["model_name"] == "vit_h"
+
+
+def test_train_head_refuses_images_without_objects(ckpt, tmp_path, capsys):
+    images, labels = _scene_folders(tmp_path, n=2)
+    tifffile.imwrite(labels / "scene1.tif", np.zeros((128, 128), np.uint16))
+    out = tmp_path / "h.pth"
+    assert main(["train", "--head", "instances", "--images", str(images), "--labels", str(labels), "--model", ckpt,
+                 "--out", str(out), "--minutes", "0.1", "--store", "none", "--device", "cpu"]) == 4
+    assert "no objects" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "segment", "auto", "measure", "batch", "train", "refine"])
+def test_every_option_has_a_line_of_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out.split("options:")[1]
+    entries = [e for e in text.split("\n  -") if e.strip() and not e.startswith("h, --help")]
+    for entry in entries:
+        first, *rest = entry.strip().split("\n")
+        words = " ".join([first, *rest]).split()
+        described = len([w for w in words if not w.startswith("-") and not w.isupper() and "{" not in w])
+        assert described >= 2, f"{command}: {entry.strip()[:60]!r} has no help"

@@ -3,10 +3,11 @@
     napari-sam-hq models
     napari-sam-hq embed IMAGE --model M [--tile N --overlap K] [--store PATH]
     napari-sam-hq segment IMAGE --model M [--points P.csv] [--boxes B.csv] --out labels.tif
-    napari-sam-hq auto IMAGE --model M --out labels.tif [--points-per-side N ...]
+    napari-sam-hq auto IMAGE --model M [--head HEAD.pth] [--mode ais|apg|amg] --out labels.tif
     napari-sam-hq measure LABELS [--image IMAGE] --out table.csv
     napari-sam-hq batch "GLOB" --model M (--prompts-dir DIR | --auto) --out-dir DIR
     napari-sam-hq train --images DIR --labels DIR --model M --out adapted.pth [--minutes N ...]
+    napari-sam-hq train --head instances --images DIR --labels DIR --model M --out HEAD.pth [--minutes N]
     napari-sam-hq refine IMAGE LABELS --model M --out refined.tif [--table changes.csv ...]
 
 Exit codes: 0 done; 2 bad arguments; 3 an input file is missing or unreadable; 4 prompts
@@ -51,12 +52,13 @@ class Progress:
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="vit_tiny, vit_b, vit_l, vit_h, or a .pth / .safetensors / HF folder")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (auto: a GPU when there is one)")
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--channel-axis", type=int, help="axis that holds channels (with --channel)")
-    p.add_argument("--channel", type=int, help="the channel to segment (with --channel-axis)")
+    p.add_argument("--channel-axis", type=int, help="axis that holds channels (with --channel); default: none")
+    p.add_argument("--channel", type=int, help="the channel to segment (with --channel-axis); default: none")
     p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large planes (px)")
     p.add_argument("--overlap", type=int, default=256, help="tile overlap (px)")
@@ -67,13 +69,23 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
 
     d = AutoSettings()
     g = p.add_argument_group("automatic segmentation")
-    g.add_argument("--points-per-side", type=int, default=d.points_per_side)
-    g.add_argument("--points-per-batch", type=int, default=d.points_per_batch)
-    g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh)
-    g.add_argument("--stability-thresh", type=float, default=d.stability_score_thresh)
-    g.add_argument("--nms-thresh", type=float, default=d.box_nms_thresh)
-    g.add_argument("--crop-layers", type=int, default=d.crop_n_layers)
-    g.add_argument("--min-area", type=int, default=d.min_mask_region_area)
+    g.add_argument("--mode", choices=["ais", "apg", "amg"],
+                   help="ais: the instance head alone (fastest); apg: the head's objects as SAM-HQ prompts; "
+                        "amg: the point grid (default: ais with --head, else amg)")
+    g.add_argument("--head", help="an instance head file (napari-sam-hq train --head instances); default: none")
+    g.add_argument("--points-per-side", type=int, default=d.points_per_side, help="amg: grid points per side")
+    g.add_argument("--points-per-batch", type=int, default=d.points_per_batch, help="prompts per decoder call")
+    g.add_argument("--full-grid", action="store_true",
+                   help="amg: decode every grid point (the official method) instead of coarse to fine")
+    g.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh,
+                   help="drop masks whose predicted IoU is below this")
+    g.add_argument("--stability-thresh", type=float, default=d.stability_score_thresh,
+                   help="amg: drop masks less stable than this")
+    g.add_argument("--nms-thresh", type=float, default=d.box_nms_thresh,
+                   help="of two masks whose boxes overlap more than this (IoU), keep the better")
+    g.add_argument("--crop-layers", type=int, default=d.crop_n_layers, help="amg: extra layers of zoomed-in crops")
+    g.add_argument("--min-area", type=int, default=d.min_mask_region_area,
+                   help="holes, islands and objects smaller than this (pixels) are removed")
     g.add_argument("--max-fraction", type=float, default=d.max_mask_fraction,
                    help="drop masks covering more of the plane than this (background)")
 
@@ -87,23 +99,42 @@ def _auto_settings(args):
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
             box_nms_thresh=args.nms_thresh, crop_n_layers=args.crop_layers,
             min_mask_region_area=args.min_area, max_mask_fraction=args.max_fraction,
+            coarse_to_fine=not args.full_grid,
         )
     except ValueError as err:
         raise CliError(str(err), EXIT_USAGE) from err
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none (required options,
+    flags) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
+                or not action.option_strings or action.required):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {shown})"
+
+
+def _command(sub, name: str, *, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam-hq", description="SAM-HQ segmentation from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("models", help="the model registry and which checkpoints are cached")
+    _command(sub, "models", help="the model registry and which checkpoints are cached")
 
-    p = sub.add_parser("embed", help="precompute embeddings into the store (resumable)")
+    p = _command(sub, "embed", help="precompute embeddings into the store (resumable)")
     p.add_argument("image")
     _add_model(p)
     _add_image_options(p)
 
-    p = sub.add_parser("segment", help="labels from prompts saved by napari (CSV)")
+    p = _command(sub, "segment", help="labels from prompts saved by napari (CSV)")
     p.add_argument("image")
     _add_model(p)
     _add_image_options(p)
@@ -111,22 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boxes", help="napari shapes CSV (rectangles)")
     p.add_argument("--out", required=True, help="labels TIFF to write")
 
-    p = sub.add_parser("auto", help="segment everything: labels without prompts")
+    p = _command(sub, "auto", help="segment everything: labels without prompts")
     p.add_argument("image")
     _add_model(p)
     _add_image_options(p)
     _add_auto_options(p)
     p.add_argument("--out", required=True, help="labels TIFF to write")
 
-    p = sub.add_parser("measure", help="per-object measurements (regionprops) as CSV")
+    p = _command(sub, "measure", help="per-object measurements (regionprops) as CSV")
     p.add_argument("labels")
     p.add_argument("--image", help="intensity image (same shape as the labels)")
-    p.add_argument("--channel-axis", type=int)
-    p.add_argument("--channel", type=int)
+    p.add_argument("--channel-axis", type=int, help="axis of the image that holds channels (with --channel)")
+    p.add_argument("--channel", type=int, help="the channel to measure intensities in (with --channel-axis)")
     p.add_argument("--spacing", type=float, nargs="+", help="pixel size per axis (data order)")
     p.add_argument("--out", required=True, help="CSV to write")
 
-    p = sub.add_parser("batch", help="many files: labels + measurements per file, a summary")
+    p = _command(sub, "batch", help="many files: labels + measurements per file, a summary")
     p.add_argument("pattern", help='files, as a quoted glob: "data/*.tif"')
     _add_model(p)
     _add_image_options(p)
@@ -134,27 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--prompts-dir", help="folder with <name>.points.csv / <name>.boxes.csv per image")
     how.add_argument("--auto", action="store_true", help="segment everything")
     _add_auto_options(p)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="folder for <name>_labels.tif, <name>_measurements.csv and "
+                                                     "summary.csv")
     p.add_argument("--scheduler", default="local",
                    help="'local' (a LocalCluster), a dask scheduler address (tcp://host:8786), or 'serial'")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
 
-    p = sub.add_parser("train", help="adapt the decoder to your images and label images (stored embeddings)")
+    p = _command(sub, "train", help="adapt the decoder, or train an instance head (--head instances), on your "
+                                     "images and label images (stored embeddings, the encoder frozen)")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of label images, same file names as the images")
     _add_model(p)
-    p.add_argument("--out", required=True, help="the adapted checkpoint (.pth; a .json model card beside it)")
-    p.add_argument("--minutes", type=float, help="time budget")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", default="hq", choices=["hq", "decoder"])
+    p.add_argument("--head", choices=["instances"],
+                   help="train an instance head for segment everything (ais, apg) instead of adapting the decoder")
+    p.add_argument("--out", required=True,
+                   help="the adapted checkpoint, or with --head the head file (.pth; a .json card beside it)")
+    p.add_argument("--minutes", type=float,
+                   help="time budget (default: 5 with --head, else none: --epochs decide)")
+    p.add_argument("--epochs", type=int, default=20, help="decoder: passes over the objects")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of the images held out for the score")
+    p.add_argument("--seed", type=int, default=0, help="random seed (splits, prompts, crops)")
+    p.add_argument("--train", default="hq", choices=["hq", "decoder"],
+                   help="decoder: hq trains the HQ token, its MLP and mask features; decoder the whole decoder")
     p.add_argument("--prompts", nargs="+", default=["box", "points", "mask"],
                    choices=["box", "points", "mask", "refine"],
-                   help="prompt kinds to train on ('refine': to refine label images with the model)")
+                   help="decoder: prompt kinds to train on ('refine': to refine label images with the model)")
     p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
 
-    p = sub.add_parser("refine", help="re-segment every object of a label image (Cellpose, StarDist, ...)")
+    p = _command(sub, "refine", help="re-segment every object of a label image (Cellpose, StarDist, ...)")
     p.add_argument("image")
     p.add_argument("labels", help="label image of the same shape (integer ids; kept in the output)")
     _add_model(p)
@@ -165,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the old mask when the new one overlaps it less than this")
     p.add_argument("--no-point", action="store_true", help="prompt without the interior point")
     p.add_argument("--no-mask", action="store_true", help="prompt without the object's own mask")
-    p.add_argument("--hq-token-only", action="store_true")
+    p.add_argument("--hq-token-only", action="store_true", help="answer with the HQ mask alone (no SAM mask added)")
     return parser
 
 
@@ -290,9 +328,10 @@ def cmd_auto(args) -> int:
 
     settings = _auto_settings(args)
     image, model = _load(args)
+    head = _head(args, model)
     session = _session(args, image, model)
     bar = Progress("auto")
-    gen = iter_segment_everything(session, None, settings)
+    gen = iter_segment_everything(session, None, settings, mode=args.mode, head=head)  # mode and head checked
     try:
         while True:
             bar(*next(gen))
@@ -301,6 +340,21 @@ def cmd_auto(args) -> int:
     write_labels(args.out, labels)
     print(f"{int(labels.max())} object(s) -> {args.out}")
     return EXIT_OK
+
+
+def _head(args, model):
+    """The ``--head`` file, checked against the model (``None`` without one)."""
+    if not args.head:
+        if args.mode in ("ais", "apg"):
+            raise CliError(f"--mode {args.mode} needs --head (train one: napari-sam-hq train --head instances)",
+                           EXIT_USAGE)
+        return None
+    from .engine.automatic.instances import HeadError, load_head
+
+    try:
+        return load_head(args.head, model=model)[0]
+    except HeadError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
 
 
 def cmd_measure(args) -> int:
@@ -332,9 +386,14 @@ def cmd_batch(args) -> int:
     if args.prompts_dir and not Path(args.prompts_dir).is_dir():
         raise CliError(f"prompts folder {args.prompts_dir} does not exist", EXIT_INPUT)
     auto = _auto_settings(args) if args.auto else None
+    if args.auto and args.mode in ("ais", "apg") and not args.head:
+        raise CliError(f"--mode {args.mode} needs --head (train one: napari-sam-hq train --head instances)",
+                       EXIT_USAGE)
+    if args.head and not Path(args.head).is_file():
+        raise CliError(f"no instance head at {args.head}", EXIT_INPUT)
     job = FileJob(model=args.model, out_dir=args.out_dir, device=args.device, prompts_dir=args.prompts_dir,
                   auto=auto, store=args.store, tile_size=args.tile, overlap=args.overlap,
-                  channel_axis=args.channel_axis, channel=args.channel)
+                  channel_axis=args.channel_axis, channel=args.channel, mode=args.mode, head=args.head)
 
     def report(row: dict) -> None:
         extra = f" ({row['error']})" if row["error"] else f" {row['objects']} object(s)"
@@ -365,25 +424,14 @@ def _training_pairs(images_dir: str, labels_dir: str) -> list[tuple[Path, Path]]
     return [(images / n, labels / n) for n in names]
 
 
-def cmd_train(args) -> int:
+def _training_data(args, pairs, store, model, collect) -> list:
+    """Each image and its labels checked, then ``collect(session, labels, name)`` (a generator
+    of progress that returns a list) on each; the lists joined."""
     import numpy as np
 
-    from .engine.adaptation.training import TrainSettings, iter_train, iter_training_images, save_adapted
-    from .engine.io.batch import open_store
     from .engine.io.files import InputError, read_image
     from .engine.volumes.session import SegmentationSession
-    from .model.download import checkpoint_path
-    from .model.lazy import LazyModel
 
-    try:
-        settings = TrainSettings(train=args.train, epochs=args.epochs, minutes=args.minutes,
-                                 val_fraction=args.val_fraction, seed=args.seed, prompts=tuple(args.prompts))
-    except ValueError as err:
-        raise CliError(str(err), EXIT_USAGE) from err
-    pairs = _training_pairs(args.images, args.labels)
-    model = LazyModel(args.model, device=args.device)
-    _load_now(model)
-    store = open_store(args.store)
     data, bar = [], Progress("embed")
     for n, (image_path, labels_path) in enumerate(pairs):
         try:
@@ -399,7 +447,7 @@ def cmd_train(args) -> int:
         if not labels.any():
             raise CliError(f"{labels_path}: no objects (all 0)", EXIT_MISMATCH)
         session = SegmentationSession(model, image.data, rgb=image.rgb, store=store)
-        gen = iter_training_images(session, labels, name=image_path.name)
+        gen = collect(session, labels, image_path.name)
         try:
             while True:
                 fraction, _ = next(gen)
@@ -407,6 +455,66 @@ def cmd_train(args) -> int:
         except StopIteration as stop:
             data += stop.value
     bar(1.0)
+    return data
+
+
+def cmd_train_head(args) -> int:
+    from .engine.automatic.head_training import HeadTrainSettings, iter_head_samples, iter_train_head
+    from .engine.automatic.instances import save_head
+    from .engine.io.batch import open_store
+    from .model.lazy import LazyModel
+
+    try:
+        settings = HeadTrainSettings(minutes=args.minutes or 5.0, val_fraction=args.val_fraction, seed=args.seed)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+    pairs = _training_pairs(args.images, args.labels)
+    model = LazyModel(args.model, device=args.device)
+    _load_now(model)
+    samples = _training_data(args, pairs, open_store(args.store), model,
+                             lambda session, labels, name: iter_head_samples(session, labels, name=name))
+    data = {"images": [str(p) for p, _ in pairs], "labels": [str(q) for _, q in pairs]}
+    gen = iter_train_head(model.load(), samples, settings, data=data)
+    evaluated = 0
+    try:
+        while True:
+            step = next(gen)
+            if step.val_ap50 is not None:
+                evaluated += 1
+                print(f"step {step.step:5d}  {100 * step.fraction:3.0f}% of the budget  loss {step.loss:.3f}  "
+                      f"held-out AP50 {step.val_ap50:.3f}", flush=True)
+    except StopIteration as stop:
+        result = stop.value
+    except ValueError as err:
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    out, card = save_head(args.out, result.head, result.card)
+    print(f"held-out AP50 {result.ap50_before:.3f} -> {result.ap50_after:.3f} in {result.steps} steps, "
+          f"{result.seconds:.0f} s; stopped: {result.stopped}; wrote {out} and {card}")
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    if args.head == "instances":
+        return cmd_train_head(args)
+    return cmd_train_decoder(args)
+
+
+def cmd_train_decoder(args) -> int:
+    from .engine.adaptation.training import TrainSettings, iter_train, iter_training_images, save_adapted
+    from .engine.io.batch import open_store
+    from .model.download import checkpoint_path
+    from .model.lazy import LazyModel
+
+    try:
+        settings = TrainSettings(train=args.train, epochs=args.epochs, minutes=args.minutes,
+                                 val_fraction=args.val_fraction, seed=args.seed, prompts=tuple(args.prompts))
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+    pairs = _training_pairs(args.images, args.labels)
+    model = LazyModel(args.model, device=args.device)
+    _load_now(model)
+    data = _training_data(args, pairs, open_store(args.store), model,
+                          lambda session, labels, name: iter_training_images(session, labels, name=name))
     gen = iter_train(model.load(), data, settings)
     train_bar = Progress("train")
     try:

@@ -296,7 +296,8 @@ def load_head(path: str | Path, *, model: Any | None = None):
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say so in one line
-        raise HeadError(f"{path} is not a readable instance head ({type(err).__name__}: {err})") from None
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise HeadError(f"{path} is not a readable instance head ({type(err).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
         raise HeadError(f"{path} is not an instance head of napari-sam-hq (a SAM-HQ checkpoint? use it as --model)")
     if blob.get("version", 0) > HEAD_VERSION:
@@ -306,7 +307,8 @@ def load_head(path: str | Path, *, model: Any | None = None):
     try:
         head.load_state_dict(blob["state_dict"], strict=True)
     except RuntimeError as err:
-        raise HeadError(f"{path}: the weights do not fit the head's configuration ({err})") from None
+        first = str(err).strip().splitlines()[0][:200]
+        raise HeadError(f"{path}: the weights do not fit the head's configuration ({first})") from None
     head.eval()
     head.card = card
     if model is not None:

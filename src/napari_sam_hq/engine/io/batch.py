@@ -41,6 +41,8 @@ class FileJob:
     channel_axis: int | None = None
     channel: int | None = None
     threads: int | None = None  # torch threads per worker
+    mode: str | None = None  # segment everything: ais, apg or amg (default: ais with a head, else amg)
+    head: str | None = None  # an instance head file (napari-sam-hq train --head instances)
 
 
 def labels_from_prompts(session, objects_by_slice: dict[tuple[int, ...], list[dict]], *,
@@ -94,7 +96,8 @@ def segment_image(model, image, job: FileJob, *, progress: Callable[[float, str]
     session = SegmentationSession(model, image.data, rgb=image.rgb, store=open_store(job.store),
                                   tile_size=job.tile_size, overlap=job.overlap)
     if job.auto is not None:
-        gen = iter_segment_everything(session, None, job.auto)
+        head = _head_for(job, model)
+        gen = iter_segment_everything(session, None, job.auto, mode=job.mode, head=head)
         if progress is None:
             return exhaust(gen)
         try:
@@ -115,6 +118,15 @@ def segment_image(model, image, job: FileJob, *, progress: Callable[[float, str]
     boxes = read_boxes_csv(box_file, ndim) if box_file else None
     objects = prompts_by_slice(image, points, boxes, source=str(pts_file or box_file))
     return labels_from_prompts(session, objects)
+
+
+def _head_for(job: FileJob, model):
+    """The job's instance head (checked against the model), or ``None``."""
+    if job.head is None:
+        return None
+    from ..automatic.instances import load_head
+
+    return load_head(job.head, model=model)[0]
 
 
 def _model_for(job: FileJob, cache: dict):
