@@ -97,3 +97,49 @@ def test_cancel_stops_adaptation_and_keeps_nothing(make_napari_viewer, qtbot, ch
     widget.wait(timeout=TIMEOUT / 1000)
     assert widget.adaptation.adapt_result is None and not widget.adaptation.use_adapted_button.isEnabled()
     assert widget.adaptation.adapt_button.isEnabled() and not widget.busy
+
+
+def test_a_head_trained_in_adapt_segments_every_cell_in_segment_everything(make_napari_viewer, qtbot, checkpoint,
+                                                                          tmp_path):
+    """Adapt trains an instance head on a labels layer (the plot shows held-out AP50), Use puts
+    it in Segment everything (mode ais), and the new objects land as labels."""
+    from napari_sam_hq.engine.automatic.instances import HeadCard, average_precision, build_head, save_head
+
+    from ..engine.scenes import cell_scene
+
+    scenes = [cell_scene((192, 192), seed=s) for s in range(6)]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([i for i, _ in scenes]), name="cells img")
+    truth = np.stack([lab for _, lab in scenes])
+    labelled = truth.copy()
+    labelled[5] = 0  # the user labelled five slices (four to learn from, one held out); the sixth is new
+    viewer.add_labels(labelled, name="mine")
+    widget = _widget(viewer, checkpoint)
+    widget.settings.labels_combo.setCurrentText("mine")
+    assert widget.segment_everything() is None  # no model yet
+    _embed(qtbot, widget)
+    widget.everything.set_mode("ais")
+    assert widget.segment_everything() is None  # no head yet: a message, nothing runs
+    widget.adaptation.set_target("head")
+    widget.adaptation.adapt_form.minutes.value = 0.75
+    assert widget.adapt() is not None
+    widget.wait(timeout=TIMEOUT / 1000)
+    result = widget.adaptation.head_result
+    assert result is not None and result.ap50_after >= 0.8
+    assert widget.adaptation.adapt_plot.values["held-out AP50"]
+    widget.use_adapted()
+    assert "held-out AP50" in widget.everything.head_label.text() and widget.everything.mode == "ais"
+    out, card = widget.save_adapted(tmp_path / "cells.head.pth")
+    assert out.is_file() and json.loads(card.read_text())["data"]["labels_layers"] == ["mine"]
+    viewer.dims.set_current_step(0, 5)
+    widget.settings.labels_combo.setCurrentText("mine")
+    assert widget.segment_everything() is not None
+    widget.wait(timeout=TIMEOUT / 1000)
+    found = np.asarray(viewer.layers["mine"].data[5])
+    assert average_precision(truth[5], found) >= 0.8
+    assert "new object(s)" in widget.status_label.text()
+    # a head made for another encoder is refused when loaded
+    h = build_head({"width": 8})
+    foreign, _ = save_head(tmp_path / "foreign.pth", h, HeadCard("vit_h", "0123", dict(h.config)))
+    assert widget.everything.load_head(str(foreign)) is None
+    assert widget.everything.load_head(str(out)) is not None

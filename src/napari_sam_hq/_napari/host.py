@@ -3,8 +3,9 @@ one and hands it to each tool; a tool never reads the dock's (or another tool's)
 
 What it offers: the viewer and the chosen image; the annotator turned to the plane on screen
 (``ready``) and the labels layer a tool writes to (``target``); labels layers and their
-bookkeeping; the model in use (and switching to another); the jobs runner; the status line;
-the shared results table; the prompt options a tool must honour (``overwrite``).
+bookkeeping; the model in use (and switching to another); the instance head in use (one tool
+trains it, another uses it: ``set_head`` / ``on_head``); the jobs runner; the status line; the
+shared results table; the prompt options a tool must honour (``overwrite``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ToolHost:
         self._image, self._encoding = image, encoding
         self._show_table, self._overwrite, self._use_model = show_table, overwrite, use_model
         self._rename_model = rename_model
+        self._head = None
+        self._head_listeners: list[Callable[[Any, str], None]] = []
 
     @property
     def image_layer(self) -> napari.layers.Image | None:
@@ -61,6 +64,21 @@ class ToolHost:
     def rename_model(self, path: str) -> None:
         """The model in use was saved as ``path``: the dock names it so from now on."""
         self._rename_model(path)
+
+    @property
+    def head(self):
+        """The instance head segment everything uses (``ais``, ``apg``), or ``None``."""
+        return self._head
+
+    def set_head(self, head, description: str) -> None:
+        """Put an instance head to work (trained in Adapt, or loaded from a file); the tools
+        that use it are told (``on_head``)."""
+        self._head = head
+        for listener in self._head_listeners:
+            listener(head, description)
+
+    def on_head(self, listener: Callable[[Any, str], None]) -> None:
+        self._head_listeners.append(listener)
 
     @property
     def overwrite(self) -> bool:

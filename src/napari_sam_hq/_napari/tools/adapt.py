@@ -1,13 +1,14 @@
-"""**Adapt to your images**: train the decoder on the objects of labels layers (the image
-encoder is frozen, so every stored embedding is reused), with a live plot of the loss and the
-held-out IoU; use the adapted model or save it with its model card."""
+"""**Adapt to your images**: train the decoder, or an instance head for segment everything,
+on the objects of labels layers (the image encoder is frozen, so every stored embedding is
+reused), with a live plot of the loss and the held-out score (IoU for the decoder, AP50 for
+the head); use the result or save it with its card."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
 
 from ...engine.adaptation.training import TrainSettings
 from ..forms import settings_form
@@ -18,6 +19,7 @@ from ..plot import CurvePlot
 NO_MODEL = "pick an image and compute embeddings first (the model loads then)"
 REFINE_TOO = ("box", "points", "mask", "refine")
 JOB = "adapt"
+TARGETS = {"decoder": "the decoder (prompts)", "head": "an instance head (segment everything)"}
 
 
 class AdaptPanel(QGroupBox):
@@ -28,6 +30,12 @@ class AdaptPanel(QGroupBox):
         self.adapt_settings: TrainSettings | None = None
         self._base = None  # (model request, model) the result was trained from
         self._data: dict = {}  # what it was trained on, for the model card
+        self.head_result = None  # the last HeadTrainResult, when an instance head was trained
+        self.adapt_target_combo = QComboBox()
+        for target, text in TARGETS.items():
+            self.adapt_target_combo.addItem(text, target)
+        self.adapt_target_combo.setToolTip("An instance head segments every cell in about a second (Segment "
+                                           "everything, modes ais and apg); the decoder answers prompts better")
         self.adapt_others_check = QCheckBox("Also the image's other labels layers")
         self.adapt_form = settings_form(
             TrainSettings,
@@ -47,12 +55,14 @@ class AdaptPanel(QGroupBox):
         self.adapt_button = QPushButton("Adapt")
         self.adapt_button.setToolTip("Train on the objects of the labels layer; the image encoder is never changed, "
                                      "so every stored embedding is reused")
-        self.use_adapted_button = QPushButton("Use adapted model")
+        self.use_adapted_button = QPushButton("Use")
+        self.use_adapted_button.setToolTip("The adapted decoder for prompts, or the head for Segment everything")
         self.use_adapted_button.setEnabled(False)
         self.save_adapted_button = QPushButton("Save…")
         self.save_adapted_button.setEnabled(False)
-        self.adapt_plot = CurvePlot(("loss", "#ff9d00"), ("held-out IoU", "#00c8ff"))
+        self.adapt_plot = CurvePlot(("loss", "#ff9d00"), ("held-out IoU", "#00c8ff"), ("held-out AP50", "#7cff6b"))
         form = QFormLayout(self)
+        form.addRow("Train", self.adapt_target_combo)
         form.addRow(self.adapt_form.native)
         form.addRow(self.adapt_refine_check)
         form.addRow(self.adapt_others_check)
@@ -66,14 +76,25 @@ class AdaptPanel(QGroupBox):
         self.use_adapted_button.clicked.connect(lambda: self.use_adapted())
         self.save_adapted_button.clicked.connect(self._save_dialog)
 
+    @property
+    def target(self) -> str:
+        """What Adapt trains: ``decoder`` or ``head``."""
+        return self.adapt_target_combo.currentData()
+
+    def set_target(self, target: str) -> None:
+        self.adapt_target_combo.setCurrentIndex(list(TARGETS).index(target))
+
     def adapt(self):
-        """Train on the objects of the chosen labels layer (and the others if ticked) of the
-        chosen image, in the plane on screen. Returns the worker, or ``None``."""
+        """Train (the decoder, or an instance head) on the objects of the chosen labels layer
+        (and the others if ticked) of the chosen image, in the plane on screen. Returns the
+        worker, or ``None``."""
         host = self.host
         found = host.ready(JOB, "adaptation", NO_MODEL)
         if found is None:
             return None
         ann, _ = found
+        if self.target == "head":
+            return self._adapt_head(ann)
         prompts = {"prompts": REFINE_TOO} if self.adapt_refine_check.isChecked() else {}
         settings = host.settings(TrainSettings, self.adapt_form, minutes=self.adapt_form.minutes.value or None,
                                  **prompts)
@@ -92,8 +113,50 @@ class AdaptPanel(QGroupBox):
                              returned=lambda result: self._on_adapted(result, settings, base, data),
                              message=f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
 
+    def _adapt_head(self, ann):
+        from ...engine.automatic.head_training import HeadTrainSettings
+
+        host = self.host
+        form = self.adapt_form
+        try:
+            settings = HeadTrainSettings(minutes=form.minutes.value or 5.0, seed=form.seed.value)
+        except ValueError as err:
+            show_info(f"SAM-HQ: {err}")
+            return None
+        image = host.image_layer
+        layers = host.labels.of_image(image, also_others=self.adapt_others_check.isChecked())
+        if not layers:
+            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
+            return None
+        data = {"image": image.name, "labels_layers": [layer.name for layer in layers]}
+        self.adapt_plot.clear()
+        return host.jobs.run(JOB, _head_job(ann, [(layer.name, layer.data) for layer in layers], settings, data),
+                             button=self.adapt_button, yielded=self._on_yielded,
+                             returned=self._on_head_trained,
+                             message=f"Training an instance head on {', '.join(repr(la.name) for la in layers)}…")
+
+    def _on_head_trained(self, result) -> None:
+        self.head_result, self.adapt_result = result, None
+        self.use_adapted_button.setEnabled(True)
+        self.save_adapted_button.setEnabled(True)
+        self.host.status.progress(1.0)
+        self.host.status.say(
+            f"Instance head trained in {result.seconds:.0f} s ({result.steps} steps): held-out AP50 "
+            f"{result.ap50_before:.2f} -> {result.ap50_after:.2f}; {result.stopped}. Use it in Segment everything."
+        )
+
     def _on_yielded(self, message) -> None:
         status = self.host.status
+        if message[0] == "head":
+            step = message[1]
+            status.progress(step.fraction)
+            if step.val_ap50 is None:
+                if step.step % 10 == 0:
+                    self.adapt_plot.add("loss", step.loss)
+                return
+            self.adapt_plot.add("held-out AP50", step.val_ap50)
+            status.say(f"Training the head: step {step.step}, held-out AP50 {step.val_ap50:.2f}")
+            return
         if message[0] == "data":
             _, fraction, text = message
             status.progress(fraction)
@@ -110,6 +173,7 @@ class AdaptPanel(QGroupBox):
 
     def _on_adapted(self, result, settings, base, data) -> None:
         self.adapt_result, self.adapt_settings, self._base, self._data = result, settings, base, data
+        self.head_result = None
         self.use_adapted_button.setEnabled(True)
         self.save_adapted_button.setEnabled(True)
         self.host.status.progress(1.0)
@@ -124,6 +188,11 @@ class AdaptPanel(QGroupBox):
         same). Returns the model."""
         from ...engine.adaptation.training import apply_state
 
+        if self.head_result is not None:
+            r = self.head_result
+            self.host.set_head(r.head, f"trained now (held-out AP50 {r.ap50_after:.2f})")
+            self.host.status.say("The instance head is in use in Segment everything.")
+            return r.head
         if self.adapt_result is None:
             raise RuntimeError("adapt first: nothing has been trained yet")
         request, base = self._base
@@ -137,8 +206,13 @@ class AdaptPanel(QGroupBox):
         """Write the adapted checkpoint (official format) and its JSON model card; when the
         adapted model is in use, the model box then names the file."""
         from ...engine.adaptation.training import save_adapted
+        from ...engine.automatic.instances import save_head
         from ...model.download import checkpoint_path
 
+        if self.head_result is not None:
+            out = save_head(path, self.head_result.head, self.head_result.card)
+            self.host.status.say(f"Saved the instance head {out[0]} and its card {out[1].name}.")
+            return out
         if self.adapt_result is None:
             raise RuntimeError("adapt first: nothing has been trained yet")
         (name, _device), _ = self._base
@@ -154,7 +228,8 @@ class AdaptPanel(QGroupBox):
         return self._base is not None and self.host.model is not None and self.host.model is not self._base[1]
 
     def _save_dialog(self) -> None:  # pragma: no cover - a modal dialog
-        path, _ = QFileDialog.getSaveFileName(self, "Adapted SAM-HQ", "sam_hq_adapted.pth", "Checkpoints (*.pth)")
+        name = "cells.head.pth" if self.head_result is not None else "sam_hq_adapted.pth"
+        path, _ = QFileDialog.getSaveFileName(self, "Save", name, "Checkpoints (*.pth)")
         if path:
             self.save_adapted(path)
 
@@ -176,5 +251,26 @@ def _adapt_job(ann, sources, settings):
     try:
         while True:
             yield ("step", next(gen))
+    except StopIteration as stop:
+        return stop.value
+
+
+@torch_job
+def _head_job(ann, sources, settings, data):
+    from ...engine.automatic.head_training import iter_train_head
+
+    samples = []
+    for n, (name, labels) in enumerate(sources):
+        gen = ann.iter_head_samples(labels, name=name)
+        try:
+            while True:
+                fraction, text = next(gen)
+                yield ("data", (n + fraction) / len(sources), text)
+        except StopIteration as stop:
+            samples += stop.value
+    gen = iter_train_head(ann.session.model, samples, settings, data=data)
+    try:
+        while True:
+            yield ("head", next(gen))
     except StopIteration as stop:
         return stop.value

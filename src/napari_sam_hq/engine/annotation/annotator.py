@@ -679,6 +679,13 @@ class Annotator:
 
         return iter_training_images(self.session, self._oriented_labels(source), keys, name=name)
 
+    def iter_head_samples(self, source: Any, keys: list[SliceKey] | None = None, *, name: str = ""):
+        """``head_training.iter_head_samples`` of the label image ``source`` (data frame) in the
+        current orientation: training images for the instance head."""
+        from ..automatic.head_training import iter_head_samples
+
+        return iter_head_samples(self.session, self._oriented_labels(source), keys, name=name)
+
     def iter_refine(self, source: Any, keys: list[SliceKey] | None = None, settings: Any = None):
         """``refine.iter_refine`` of the label image ``source`` (data frame) in the current
         orientation; write the result with ``apply_refine``."""
