@@ -530,7 +530,7 @@ def cmd_train_decoder(args) -> int:
                              data={"images": [str(p) for p, _ in pairs], "labels": [str(q) for _, q in pairs]})
     print(f"held-out mean IoU {result.iou_before:.3f} -> {result.iou_after:.3f} (HQ mask "
           f"{result.iou_before_hq_only:.3f} -> {result.iou_after_hq_only:.3f}) after {result.epochs} epoch(s), "
-          f"{result.seconds:.0f} s; wrote {out} and {card}")
+          f"{result.seconds:.0f} s; stopped: {result.stopped}; wrote {out} and {card}")
     return EXIT_OK
 
 

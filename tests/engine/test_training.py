@@ -225,3 +225,20 @@ def test_a_half_precision_model_is_adapted_in_float32(model, embeddings):
     pred = SamHQPredictor(adapted)
     pred.set_image_embedding(embeddings[0])
     assert pred.predict(box=np.array([20, 20, 90, 80.0])).masks.shape == (1, *embeddings[0].original_size)
+
+
+def test_a_time_budget_is_used_not_cut_short_by_epochs_and_the_reason_is_one_line(model, embeddings):
+    """Given minutes, the run trains for them (epochs no longer cap it; a few stale epochs do
+    not end it) unless the held-out IoU has not risen for 30% of the budget; it says why."""
+    images = _teacher_data(model, embeddings)
+    settings = TrainSettings(minutes=0.1, epochs=1, steps_per_epoch=2, batch_objects=2, patience=1, seed=3,
+                             prompts=("box",))
+    result = _exhaust(iter_train(model, images, settings))
+    assert result.epochs > 1 and result.stopped and "\n" not in result.stopped
+    if result.stopped.startswith("used its"):
+        assert result.seconds >= 6.0
+    else:
+        assert result.stopped.startswith("held-out IoU stopped improving")
+    by_epochs = _exhaust(iter_train(model, images, TrainSettings(epochs=2, steps_per_epoch=2, batch_objects=2,
+                                                                 patience=1, prompts=("box",))))
+    assert by_epochs.epochs == 2 and by_epochs.stopped.startswith("ran its 2 epochs")

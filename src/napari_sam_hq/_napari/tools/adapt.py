@@ -180,7 +180,8 @@ class AdaptPanel(QGroupBox):
         hint = " (HQ token only recommended)" if result.recommended_hq_token_only else ""
         self.host.status.say(
             f"Adapted in {result.seconds:.0f} s ({result.train_objects} objects, {result.val_objects} held out): "
-            f"held-out IoU {result.iou_before:.3f} -> {result.iou_after:.3f}{hint}. Use it or save it."
+            f"held-out IoU {result.iou_before:.3f} -> {result.iou_after:.3f}{hint}; {result.stopped}. "
+            "Use it or save it."
         )
 
     def use_adapted(self):

@@ -51,12 +51,19 @@ from .prompts import LOW, RefineSettings, low_res, mask_to_logits, object_prompt
 HQ_PARTS = ("hf_token", "hf_mlp", "embedding_maskfeature")
 FEATURE_PARTS = ("compress_vit_feat", "embedding_encoder")  # make the stored HQ features: frozen
 PROMPT_KINDS = ("box", "points", "mask", "refine")
+PATIENCE_SHARE = 0.3  # of the time budget without a held-out gain, beside `patience` evaluations
+MIN_STALE_STEPS = 60  # without a budget: steps without a gain, beside `patience` epochs
+WARMUP_STEPS = 10
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How to train (module notes). ``minutes``: a time budget (``None``: none); training
-    stops early when the held-out IoU has not improved for ``patience`` epochs."""
+    """How to train (module notes). ``minutes``: a time budget that the run uses (``epochs``
+    then no longer limit it); without one, ``epochs`` passes. The learning rate warms up over
+    the first steps and decays (cosine) over the budget. Training stops early only when the
+    held-out IoU has clearly stopped improving: no gain for ``patience`` evaluations *and*
+    for ``PATIENCE_SHARE`` of the time budget (or, without a budget, ``MIN_STALE_STEPS``
+    steps). ``TrainResult.stopped`` says why it stopped."""
 
     train: str = "hq"
     epochs: int = 20
@@ -143,6 +150,7 @@ class TrainResult:
     val_objects: int
     losses: list[float] = field(default_factory=list)
     val_history: list[float] = field(default_factory=list)
+    stopped: str = ""  # one line: why training stopped
 
     @property
     def recommended_hq_token_only(self) -> bool:
@@ -384,13 +392,22 @@ def iter_train(
     per_epoch = settings.steps_per_epoch or max(1, math.ceil(len(train) / settings.batch_objects))
     start = time.monotonic()
     budget = None if settings.minutes is None else 60 * settings.minutes
+    planned = None if budget is not None else settings.epochs * per_epoch
+    warmup = WARMUP_STEPS if planned is None else max(1, min(WARMUP_STEPS, planned // 20))
     losses, history = [], []
-    steps = epoch = 0
+    steps = epoch = best_step = 0
+    best_time = 0.0
+    stopped = ""
     with torch.enable_grad():
-        for epoch in range(1, settings.epochs + 1):
+        while not stopped:
+            epoch += 1
             for k in range(per_epoch):
                 if budget is not None and time.monotonic() - start > budget:
                     break
+                done = (steps / planned) if planned else (time.monotonic() - start) / budget
+                for group in optimizer.param_groups:  # warm-up, then cosine decay over the run
+                    group["lr"] = settings.lr * min(1.0, (steps + 1) / warmup) * (
+                        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
                 # one image, one prompt kind per step: the decoder takes one layout per call
                 image = int(rng.choice([o.image for o in train]))
                 pool = [o for o in train if o.image == image]
@@ -412,14 +429,25 @@ def iter_train(
                 yield TrainStep(_fraction(epoch - 1 + (k + 1) / per_epoch, settings, start, budget), epoch, losses[-1])
             iou = _mean_iou(work, images, val, val_prompts, hq_only=False)
             history.append(iou)
+            elapsed = time.monotonic() - start
             yield TrainStep(_fraction(epoch, settings, start, budget), epoch, losses[-1] if losses else float("nan"),
                             iou)
-            if iou > best_iou:
-                best_iou, best_state, best_epoch, stale = iou, _snapshot(params), epoch, 0
+            if iou > best_iou + 1e-3:
+                best_iou, best_state, best_epoch, best_step, best_time, stale = (
+                    iou, _snapshot(params), epoch, steps, elapsed, 0)
             else:
                 stale += 1
-            if stale >= settings.patience or (budget is not None and time.monotonic() - start > budget):
-                break
+            if budget is not None and elapsed > budget:
+                stopped = f"used its {settings.minutes:g} min budget"
+            elif budget is None and epoch >= settings.epochs:
+                stopped = f"ran its {settings.epochs} epochs"
+            elif stale >= settings.patience and (
+                    elapsed - best_time > PATIENCE_SHARE * budget if budget is not None
+                    else steps - best_step >= MIN_STALE_STEPS):
+                stopped = (f"held-out IoU stopped improving: best {best_iou:.3f} at epoch {best_epoch}, none better "
+                           f"in the {epoch - best_epoch} epochs ({elapsed - best_time:.0f} s) since")
+    if best_epoch == 0:
+        stopped += f"; no epoch beat the base model's held-out IoU ({before:.3f}): its weights are kept"
     for name, value in best_state.items():
         params[name].data.copy_(value)
     after = _mean_iou(work, images, val, val_prompts, hq_only=False)
@@ -428,7 +456,7 @@ def iter_train(
         state=best_state, trained=sorted(params), iou_before=before, iou_after=after,
         iou_before_hq_only=before_hq, iou_after_hq_only=after_hq, epochs=epoch, best_epoch=best_epoch, steps=steps,
         seconds=time.monotonic() - start, train_objects=len(train), val_objects=len(val),
-        losses=losses, val_history=history,
+        losses=losses, val_history=history, stopped=stopped,
     )
 
 
@@ -450,10 +478,10 @@ def _frames(images, obj: _Object) -> Frames:
 
 
 def _fraction(epochs_done: float, settings: TrainSettings, start: float, budget: float | None) -> float:
-    f = epochs_done / settings.epochs
+    """The share of the run done: of the time budget when there is one, else of the epochs."""
     if budget is not None:
-        f = max(f, (time.monotonic() - start) / budget)
-    return min(1.0, f)
+        return min(1.0, (time.monotonic() - start) / budget)
+    return min(1.0, epochs_done / settings.epochs)
 
 
 def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
