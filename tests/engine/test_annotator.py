@@ -359,3 +359,27 @@ def test_bad_labels_are_refused_with_the_fix():
         ann.commit()
     with pytest.raises(ValueError, match="label id above 0"):
         ann.correct(0)
+
+
+def test_fill_between_two_annotated_slices_is_one_undo_step_and_keeps_the_rest():
+    image, truth = ellipsoid_volume((24, 96, 96), (((12, 48, 48), (11, 24, 20)),))
+    labels = LabelVolume(np.zeros(image.shape, np.uint32))
+    ann = _annotator(image, labels)
+    _drain_after(ann, {(4,): _point(48, 48)})
+    assert ann.commit() == [1]
+    _drain_after(ann, {(14,): _point(48, 48)})
+    ann.correct(1)  # the same object, annotated on slice 14 too
+    labels.paint((slice(20, 21), slice(40, 50), slice(40, 50)), np.ones((1, 10, 10), bool), 1)  # outside the fill
+    with pytest.raises(ValueError, match="needs annotated slices around slice 2"):
+        ann.fill_seeds((2,), 1)
+    seeds, span = ann.fill_seeds((9,), 1)
+    assert span == (4, 14) and sorted(seeds[1]) == [4, 14]
+    before = np.asarray(labels.array[:]).copy()
+    found = exhaust(ann.iter_propagate((9,), seeds, PropagationSettings(), outward=False))
+    assert sorted(found) == list(range(5, 14))
+    ann.apply_propagation((9,), found, seeds, within=span)
+    now = np.asarray(labels.array[:])
+    assert all((now[z] == 1).any() for z in range(4, 15))
+    assert (now[20, 40:50, 40:50] == 1).all()  # outside the fill: kept
+    assert ann.undo()
+    np.testing.assert_array_equal(np.asarray(labels.array[:]), before)

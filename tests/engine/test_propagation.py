@@ -100,7 +100,9 @@ def test_touching_blobs_propagate_together_with_their_own_ids():
     segment = session.segment
     session.segment = lambda key, objects, **kw: calls.append((key, len(objects))) or segment(key, objects, **kw)
     seeds = seeds_from_labels(truth, slices={1: {10}, 2: {12}})
-    found = exhaust(iter_propagate(session, seeds))
+    # the stand-in decoder segments the bright component under a point: touching blobs are one
+    # component, and only a box tells them apart (a trained SAM-HQ separates them by appearance)
+    found = exhaust(iter_propagate(session, seeds, settings=PropagationSettings(prompt="box+point+mask")))
     assert any(n == 2 for _, n in calls)  # both objects in one call per slice
     labels = paint_seeds(truth.shape, seeds, truth.dtype)
     for z, plane in write_propagation(labels, found).items():
@@ -255,3 +257,84 @@ def test_tiles_dropped_by_a_lower_limit_are_given_back_to_the_system(monkeypatch
     with session.ready_at_most(2):  # two ready, none dropped
         pass
     assert trims == []
+
+
+def _spy(session):
+    """Record ``(slice, objects)`` of every decode."""
+    calls = []
+    segment = session.segment
+
+    def spy(key, objects, **kw):
+        calls.append((key[0], [dict(o) for o in objects]))
+        return segment(key, objects, **kw)
+
+    session.segment = spy
+    return calls
+
+
+def test_a_fill_meets_in_the_middle_prompted_from_both_neighbours():
+    """Seeds on slices 5 and 15: 6-9 from below, 14-11 from above, each slice decoded once,
+    and slice 10 last, with a point from each neighbour's mask and the box around both."""
+    image, truth = ellipsoid_volume((22, 128, 128), (((10, 64, 64), (10, 40, 30)),), seed=7)
+    session = _session(image)
+    calls = _spy(session)
+    seeds = seeds_from_labels(truth, slices={1: {5, 15}})
+    found = exhaust(iter_propagate(session, seeds, outward=False,
+                                   settings=PropagationSettings(prompt="box+point")))
+    visited = [z for z, _ in calls]
+    assert sorted(visited) == list(range(6, 15)) and visited[-1] == 10  # once each, the middle last
+    [middle] = calls[-1][1]
+    assert middle["point_coords"].shape == (2, 2)  # one point from slice 9's mask, one from 11's
+    below, above = (prompt_from_mask(found[z][1].mask)["box"] for z in (9, 11))
+    assert middle["box"].tolist() == [*np.minimum(below[:2], above[:2]), *np.maximum(below[2:], above[2:])]
+    assert set(found) == set(range(6, 15)) and all(list(v) == [1] for v in found.values())  # the id is kept
+    labels = paint_seeds(truth.shape, seeds, truth.dtype)
+    for z, plane in write_propagation(labels, found).items():
+        labels[z] = plane
+    assert _dice(labels[5:16] == 1, truth[5:16] == 1) > 0.95
+    assert not labels[:5].any() and not labels[16:].any()  # outward off: nothing beyond the seeds
+
+
+@pytest.mark.parametrize("prompt", ["point", "points", "box", "box+point", "point+mask", "box+point+mask",
+                                    "points+mask", "box+mask"])
+def test_every_prompt_kind_follows_the_object_with_the_prompts_it_names(prompt):
+    image, truth = ellipsoid_volume((20, 96, 110), (((10, 48, 55), (7, 30, 36)),), seed=8)
+    session = _session(image)
+    calls = _spy(session)
+    found = exhaust(iter_propagate(session, seeds_from_labels(truth, slices={1: {10}}),
+                                   settings=PropagationSettings(prompt=prompt)))
+    parts = set(prompt.split("+"))
+    for z, (obj,) in calls:
+        assert ("box" in obj) == ("box" in parts)
+        assert ("point_coords" in obj) == bool(parts & {"point", "points"})
+        if "points" in parts:
+            assert len(obj["point_coords"]) == 3
+        if "mask" in parts and abs(z - 10) > 1:  # from the second step on, the previous answer's logits
+            assert "mask_input" in obj
+        if "mask" not in parts:
+            assert "mask_input" not in obj
+    labels = paint_seeds(truth.shape, seeds_from_labels(truth, slices={1: {10}}), truth.dtype)
+    for z, plane in write_propagation(labels, found).items():
+        labels[z] = plane
+    assert _dice(labels == 1, truth == 1) > 0.9
+
+
+def test_prompt_kinds_are_checked():
+    with pytest.raises(ValueError, match="a mask alone does not say where"):
+        PropagationSettings(prompt="mask")
+    with pytest.raises(ValueError, match="prompt must be parts of"):
+        PropagationSettings(prompt="box+circle")
+    assert PropagationSettings().prompt == "point"  # micro-sam's measured best (docs/volumes.md)
+
+
+def test_a_stop_point_ends_the_object_before_that_slice():
+    """A negative point on slice 16, inside the object: propagation up from 10 stops there
+    (16 and beyond are not written); downwards it goes on to the object's end."""
+    image, truth = ellipsoid_volume((26, 96, 96), (((12, 48, 48), (11, 30, 30)),), seed=9)
+    seeds = seeds_from_labels(truth, slices={1: {10}})
+    free = exhaust(iter_propagate(_session(image), seeds))
+    stopped = exhaust(iter_propagate(_session(image), seeds, stops={16: [(48.0, 48.0)]}))
+    assert max(free) > 17 and max(stopped) == 15
+    assert min(stopped) == min(free)
+    away = exhaust(iter_propagate(_session(image), seeds, stops={16: [(5.0, 5.0)]}))  # outside: no stop
+    assert sorted(away) == sorted(free)

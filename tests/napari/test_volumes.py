@@ -214,3 +214,42 @@ def test_propagate_needs_a_stack_and_an_object(make_napari_viewer, qtbot, checkp
     widget.settings.image_combo.setCurrentText("stack")
     _embed(qtbot, widget)
     assert widget.propagate() is None  # no object on this slice
+
+
+def test_fill_between_two_annotated_slices_and_a_stop_point(make_napari_viewer, qtbot, checkpoint):
+    """The same object committed on slices 1 and 7: Fill between writes 2-6 (and nothing
+    outside), one undo step. A negative point on another slice is a stop point for Propagate
+    all (its effect is tested in the engine, where the answers are known)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(_stack(10), name="stack")
+    widget = _widget(viewer, checkpoint)
+    _embed(qtbot, widget)
+    box = [[10, 10], [10, 60], [50, 60], [50, 10]]
+    viewer.dims.set_current_step(0, 1)
+    viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[1, *c] for c in box]))
+    _wait_preview(qtbot, widget, 1)
+    [label] = widget.commit()
+    viewer.dims.set_current_step(0, 7)
+    viewer.layers[C.BOXES_LAYER].add_rectangles(np.array([[7, *c] for c in box]))
+    _wait_preview(qtbot, widget, 1)
+    labels = viewer.layers[C.LABELS_LAYER]
+    labels.selected_label = label
+    widget.into_selected_check.setChecked(True)
+    assert widget.commit() == [label]  # the same object, annotated on slice 7 too
+    widget.into_selected_check.setChecked(False)
+    form = widget.propagation.propagation_form
+    form.score_threshold.value, form.iou_threshold.value = 0.0, 0.0  # random weights: never stop by score
+    form.prompt.value = "box+point"
+    viewer.dims.set_current_step(0, 4)
+    before = labels.data.copy()
+    assert widget.propagation.fill_between() is not None
+    widget.wait(timeout=TIMEOUT / 1000)
+    after = labels.data.copy()
+    assert [z for z in range(10) if (after[z] == label).any()] == list(range(1, 8))  # between, not beyond
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    # propagate all from slice 1, a negative point on slice 8 in the middle of the object
+    viewer.dims.set_current_step(0, 1)
+    widget.prompts.negative_check.setChecked(True)
+    viewer.layers[C.POINTS_LAYER].add(np.array([[8, 30, 35]]))
+    assert widget.propagation.stop_points(widget.annotator(), (1,)) == {8: [(35.0, 30.0)]}

@@ -596,13 +596,33 @@ class Annotator:
                     seeds.setdefault(label, {})[z] = mask
         return seeds
 
-    def iter_propagate(self, here: SliceKey, seeds: dict[int, dict[int, np.ndarray]], settings: Any = None):
+    def fill_seeds(self, here: SliceKey, label: int) -> tuple[dict[int, dict[int, np.ndarray]], tuple[int, int]]:
+        """The seeds of a fill between annotated slices of ``label`` (``{label: {slice: mask}}``)
+        and the range it fills, ``(lo, hi)`` (exclusive): the nearest seed slices below and above
+        ``here`` along the last slicing axis, or, on a seed slice, the nearest on either side of
+        it (both gaps). ``ValueError`` says what is missing."""
+        seeds = self.propagation_seeds(here, [label]).get(int(label), {})
+        z = tuple(here)[-1]
+        lower, upper = [s for s in seeds if s < z], [s for s in seeds if s > z]
+        if z in seeds:  # on an annotated slice: the gaps on both sides of it
+            lo, hi = max(lower, default=z), min(upper, default=z)
+        else:
+            lo, hi = (max(lower), min(upper)) if lower and upper else (z, z)
+        if hi - lo < 2:
+            raise ValueError(f"label {label} needs annotated slices around slice {z} with a slice between them to "
+                             f"fill (its annotated slices: {sorted(seeds) or 'none'}): commit it before and after")
+        return {int(label): {s: m for s, m in seeds.items() if s in (lo, z, hi)}}, (lo, hi)
+
+    def iter_propagate(self, here: SliceKey, seeds: dict[int, dict[int, np.ndarray]], settings: Any = None, *,
+                       outward: bool = True, stops: dict[int, list[tuple[float, float]]] | None = None):
         """``propagation.iter_propagate`` along the last slicing axis through ``here``,
-        ``in_front`` of the encoding queue."""
+        ``in_front`` of the encoding queue (``outward`` off: only between the seeds; ``stops``:
+        ``{slice: [(x, y)]}`` where objects end)."""
         from ..volumes.propagation import iter_propagate
 
         axis = len(self.lead_shape) - 1
-        return self.in_front(iter_propagate(self.session, seeds, axis=axis, base_key=tuple(here), settings=settings))
+        return self.in_front(iter_propagate(self.session, seeds, axis=axis, base_key=tuple(here), settings=settings,
+                                            outward=outward, stops=stops))
 
     def apply_propagation(
         self,
@@ -611,17 +631,21 @@ class Annotator:
         seeds: dict[int, dict[int, np.ndarray]],
         *,
         overwrite: bool = False,
+        within: tuple[int, int] | None = None,
     ) -> int:
         """Write a propagation (``{slice: {label: ObjectMask}}``) as one undo step: each seeded
         object's pixels off its seed slices are cleared first (re-propagating after a correction
-        replaces the old propagation), then the new masks, higher score first; without
-        ``overwrite`` only 0 pixels or the object's own. Returns the pixels changed."""
+        replaces the old propagation; with ``within=(lo, hi)``, a fill, only on the slices
+        strictly between), then the new masks, higher score first; without ``overwrite`` only
+        0 pixels or the object's own. Returns the pixels changed."""
         labels = self._labels()
         prefix = tuple(here)[:-1]
         changed = 0
         with labels.transaction():
             for label, planes in seeds.items():
                 for z in self._axis_range(labels, label):
+                    if within is not None and not within[0] < z < within[1]:
+                        continue
                     if z not in planes:
                         changed += self._erase(labels, (*prefix, z), label)
             for z, objects in sorted(found.items()):
