@@ -15,10 +15,11 @@ from .sam_hq import SamHQ
 
 
 class _NoInit(TorchFunctionMode):
-    """Skips ``torch.nn.init``'s fills (and makes ``randn``/``rand`` empty) while a model whose
-    weights and buffers a checkpoint will replace is built on the ``meta`` device. There they run torch's Python reference ops, whose first
-    call imports ``torch._dynamo``: 1.0-1.4 s of every command's start, for values thrown away.
-    A mode holds for the thread that enters it only."""
+    """Skips ``torch.nn.init``'s fills (and makes ``randn``/``rand`` empty) while a model
+    whose weights and buffers a checkpoint will replace is built on the ``meta`` device. There
+    they run torch's Python reference ops, whose first call imports ``torch._dynamo``: 1.0-1.4 s
+    of every command's start, for values thrown away. A mode holds for the thread that enters
+    it only."""
 
     SKIP = frozenset(getattr(torch.nn.init, name) for name in (
         "normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
