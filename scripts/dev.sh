@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION="2.13.0"     # CPU build; a bare 'torch' requirement can pull a multi-GB CUDA build
 OFFICIAL_VERSION="0.3"     # segment-anything-hq, the official code, a test oracle (no deps)
+TRACCURACY_VERSION="0.4.3" # tracking metrics, a test oracle (no deps: its click pin; pyproject lists its needs)
 APT_PACKAGES=(xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1)
 VENV=.venv
 PY="$VENV/bin/python"
@@ -42,6 +43,7 @@ install_python() {
     "$PY" -m pip install -q "torch==$TORCH_VERSION"
     "$PY" -m pip install -q -e ".[dev]"
     "$PY" -m pip install -q --no-deps "segment-anything-hq==$OFFICIAL_VERSION"
+    "$PY" -m pip install -q --no-deps "traccuracy==$TRACCURACY_VERSION"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 }

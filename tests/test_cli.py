@@ -403,7 +403,7 @@ def test_train_head_refuses_images_without_objects(ckpt, tmp_path, capsys):
     assert "no objects" in capsys.readouterr().err and not out.exists()
 
 
-@pytest.mark.parametrize("command", ["embed", "segment", "auto", "measure", "batch", "train", "refine"])
+@pytest.mark.parametrize("command", ["embed", "segment", "auto", "measure", "batch", "train", "refine", "track"])
 def test_every_option_has_a_line_of_help(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -414,3 +414,59 @@ def test_every_option_has_a_line_of_help(command, capsys):
         words = " ".join([first, *rest]).split()
         described = len([w for w in words if not w.startswith("-") and not w.isupper() and "{" not in w])
         assert described >= 2, f"{command}: {entry.strip()[:60]!r} has no help"
+
+
+def test_track_links_given_labels_and_writes_the_ctc_files(tmp_path, capsys):
+    from .engine.movies import cell_movie
+
+    movie = cell_movie(20, (128, 128), cells=5, divisions=2, seed=1)
+    tifffile.imwrite(tmp_path / "movie.tif", movie.image)
+    tifffile.imwrite(tmp_path / "labels.tif", movie.detections)
+    out = tmp_path / "tracks"
+    args = ["track", str(tmp_path / "movie.tif"), "--labels", str(tmp_path / "labels.tif"), "--out", str(out)]
+    assert main(args) == 0
+    assert "2 division(s)" in capsys.readouterr().out
+    labels = tifffile.imread(out / "labels.tif")
+    assert labels.shape == movie.truth.shape
+    rows = [tuple(map(int, line.split())) for line in (out / "res_track.txt").read_text().splitlines()]
+    assert sum(1 for r in rows if r[3]) >= 4  # two divisions: four daughters with a parent
+    assert len(list((out / "ctc").glob("mask*.tif"))) == 20 and (out / "ctc" / "res_track.txt").is_file()
+    assert main(args) == 2  # never over an existing output without --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+def test_track_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from .engine.movies import cell_movie
+
+    movie = cell_movie(6, (64, 64), cells=2, divisions=0, seed=2)
+    tifffile.imwrite(tmp_path / "movie.tif", movie.image)
+    tifffile.imwrite(tmp_path / "short.tif", movie.detections[:4])
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros_like(movie.detections))
+    tifffile.imwrite(tmp_path / "still.tif", movie.image[0])
+    out = tmp_path / "out"
+    cases = [
+        (["track", str(tmp_path / "movie.tif"), "--labels", str(tmp_path / "short.tif")], 4, "not its labels"),
+        (["track", str(tmp_path / "still.tif"), "--labels", str(tmp_path / "still.tif")], 4, "no time axis"),
+        (["track", str(tmp_path / "movie.tif"), "--labels", str(tmp_path / "empty.tif")], 4, "no frame has an object"),
+        (["track", str(tmp_path / "movie.tif")], 2, "give --labels"),
+    ]
+    for args, code, message in cases:
+        assert main([*args, "--out", str(out)]) == code, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_track_segments_the_frames_with_a_model(ckpt, tmp_path, capsys):
+    """End to end with the random-weight model: it runs, and says what it found (random weights
+    may find no object: then the one line says so and nothing is written)."""
+    from .engine.movies import cell_movie
+
+    movie = cell_movie(3, (64, 64), cells=2, divisions=0, seed=3)
+    tifffile.imwrite(tmp_path / "movie.tif", movie.image)
+    out = tmp_path / "out"
+    code = main(["track", str(tmp_path / "movie.tif"), "--model", ckpt, "--device", "cpu", "--store", "none",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert (code == 0 and (out / "labels.tif").is_file()) or (code == 4 and "no frame has an object" in captured.err)

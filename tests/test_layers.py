@@ -13,7 +13,7 @@ PACKAGE = Path(napari_sam_hq.__file__).parent
 NAME = "napari_sam_hq"
 
 # The engine's subpackages, lowest first: each may import those before it, never those after.
-ENGINE_ORDER = ("masks", "atomic", "prediction", "volumes", "automatic", "adaptation", "annotation", "io")
+ENGINE_ORDER = ("masks", "atomic", "prediction", "volumes", "automatic", "adaptation", "tracking", "annotation", "io")
 MAX_ENGINE_MODULES = 8
 
 

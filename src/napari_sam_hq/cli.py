@@ -9,6 +9,7 @@
     napari-sam-hq train --images DIR --labels DIR --model M --out adapted.pth [--minutes N ...]
     napari-sam-hq train --head instances --images DIR --labels DIR --model M --out HEAD.pth [--minutes N]
     napari-sam-hq refine IMAGE LABELS --model M --out refined.tif [--table changes.csv ...]
+    napari-sam-hq track MOVIE (--labels LABELS | --model M [--head H]) --out DIR [--force]
 
 Exit codes: 0 done; 2 bad arguments; 3 an input file is missing or unreadable; 4 prompts
 or labels that do not fit the image; 1 anything else. Errors are one line on stderr.
@@ -204,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-point", action="store_true", help="prompt without the interior point")
     p.add_argument("--no-mask", action="store_true", help="prompt without the object's own mask")
     p.add_argument("--hq-token-only", action="store_true", help="answer with the HQ mask alone (no SAM mask added)")
+
+    p = _command(sub, "track", help="link objects through time with divisions: given per-frame labels, or "
+                                     "segmented here; writes DIR/labels.tif, DIR/res_track.txt and DIR/ctc/")
+    p.add_argument("movie", help="the movie, T x Y x X (or T x Z x Y x X)")
+    p.add_argument("--labels", help="per-frame label images of the movie (ids may differ from frame to frame)")
+    p.add_argument("--model", help="segment the frames with this model (without --labels)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the model runs")
+    p.add_argument("--head", help="an instance head: frames segmented by it (ais); without: the grid (amg)")
+    p.add_argument("--store", help="embedding store folder (default: the cache folder; 'none': RAM only)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--max-distance", type=float, default=15.0, help="how far (pixels) an object moves between frames")
+    p.add_argument("--max-gap", type=int, default=2, help="frames an object may be missing and keep its track")
+    p.add_argument("--division-distance", type=float, default=15.0,
+                   help="how far a daughter's centre may be from its parent's (0: no divisions)")
     return parser
 
 
@@ -574,8 +590,75 @@ def cmd_refine(args) -> int:
     return EXIT_OK
 
 
+def cmd_track(args) -> int:
+    import numpy as np
+
+    from .engine.io.files import InputError, read_image
+    from .engine.tracking.ctc import iter_write_ctc
+    from .engine.tracking.linking import TrackSettings, check_movie, iter_link
+
+    try:
+        settings = TrackSettings(max_distance=args.max_distance, max_gap=args.max_gap,
+                                 division_distance=args.division_distance)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
+    if bool(args.labels) == bool(args.model):
+        raise CliError("give --labels (per-frame label images to link) or --model (to segment the frames), one "
+                       "of the two", EXIT_USAGE)
+    out = Path(args.out)
+    existing = [p for p in (out / "labels.tif", out / "res_track.txt", out / "ctc") if p.exists()]
+    if existing and not args.force:
+        raise CliError(f"{existing[0]} exists: choose another --out, or --force to replace it", EXIT_USAGE)
+    try:
+        movie = read_image(args.movie, rgb=False)
+    except InputError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
+    try:
+        check_movie(movie.data.shape, args.movie)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    if args.labels:
+        try:
+            frames = read_image(args.labels, rgb=False).data
+        except InputError as err:
+            raise CliError(str(err), EXIT_INPUT) from err
+        if tuple(frames.shape) != tuple(movie.data.shape):
+            raise CliError(f"{args.labels}: shape {tuple(frames.shape)}, the movie {tuple(movie.data.shape)}: not "
+                           "its labels", EXIT_MISMATCH)
+        if np.dtype(frames.dtype).kind not in "iu":
+            raise CliError(f"{args.labels}: {frames.dtype} values: label images hold integer ids", EXIT_MISMATCH)
+    else:
+        from .engine.tracking.frames import SegmentedFrames
+        from .model.lazy import LazyModel
+
+        model = LazyModel(args.model, device=args.device)
+        _load_now(model)
+        head = _head(argparse.Namespace(head=args.head, mode=None), model)
+        session = _session(argparse.Namespace(store=args.store, tile=1024, overlap=256), movie, model)
+        frames = SegmentedFrames(session, head=head)
+    bar = Progress("track")
+    gen = iter_link(frames, settings)
+    try:
+        while True:
+            bar(*next(gen))
+    except StopIteration as stop:
+        tracks = stop.value
+    except ValueError as err:  # no frame has an object
+        raise CliError(str(err), EXIT_MISMATCH) from err
+    gen = iter_write_ctc(out, frames, tracks, force=args.force)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        labels_path, track_path = stop.value
+    print(f"{len(tracks.spans)} track(s), {len(tracks.divisions)} division(s) -> {labels_path}, {track_path} "
+          f"and {out / 'ctc'} (CTC)")
+    return EXIT_OK
+
+
 COMMANDS = {"models": cmd_models, "embed": cmd_embed, "segment": cmd_segment, "auto": cmd_auto,
-            "measure": cmd_measure, "batch": cmd_batch, "train": cmd_train, "refine": cmd_refine}
+            "measure": cmd_measure, "batch": cmd_batch, "train": cmd_train, "refine": cmd_refine,
+            "track": cmd_track}
 
 
 def main(argv: list[str] | None = None) -> int:

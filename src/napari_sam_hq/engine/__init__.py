@@ -4,6 +4,7 @@ Grouped by idea, imports pointing down this list only (``tests/test_layers.py`` 
 
 - ``io``: files, batch runs on dask, measurement (what the command line is built on)
 - ``annotation``: labels on disk with undo, and the Qt-free ``Annotator`` the widget drives
+- ``tracking``: objects linked through time with divisions (laptrack), the CTC format
 - ``adaptation``: decoder training from label images, refinement of label images
 - ``automatic``: segment everything
 - ``volumes``: sessions over stacks and tiled planes, the embedding store, propagation
