@@ -149,7 +149,7 @@ def test_no_class_inherits_from_two_project_classes():
 def test_the_dock_stays_small_and_its_tools_are_panels():
     assert len((PACKAGE / "_napari" / "widget.py").read_text().splitlines()) <= 450
     tools = sorted(p.stem for p in (PACKAGE / "_napari" / "tools").glob("*.py") if p.stem != "__init__")
-    assert tools == ["adapt", "everything", "measure", "propagate", "refine"]
+    assert tools == ["adapt", "everything", "measure", "propagate", "refine", "track"]
     for name in tools:  # a tool takes the ToolHost and reads nothing private of another class
         text = (PACKAGE / "_napari" / "tools" / f"{name}.py").read_text()
         assert "host: ToolHost" in text, name

@@ -140,3 +140,32 @@ def test_measure_returns_when_its_worker_finished_before_it_waited(make_napari_v
     table = widget.measure()
     assert waits == [True]  # done, not timed out
     assert table["label"].tolist() == [1, 2]
+
+
+def test_track_a_labels_movie_fix_a_division_and_export(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    from napari_sam_hq._napari.tools.track import TRACKS_LAYER
+
+    from ..engine.movies import cell_movie
+
+    movie = cell_movie(16, (128, 128), cells=4, divisions=1, seed=5)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, name="movie")
+    viewer.add_labels(movie.detections, name="cells")
+    widget = _widget(viewer, checkpoint)
+    widget.settings.labels_combo.setCurrentText("cells")
+    panel = widget.tracking
+    assert panel.track() is not None
+    widget.wait(timeout=60)
+    tracked = viewer.layers["cells tracked"]
+    assert tracked.data.shape == movie.truth.shape and TRACKS_LAYER in viewer.layers
+    [(parent, (a, b))] = panel.tracks.divisions.items()
+    assert viewer.layers[TRACKS_LAYER].graph == {a: [parent], b: [parent]}
+    tracked.selected_label = a
+    assert panel.fix_division() == f"track {a} is no longer a daughter of {parent}"  # one action
+    assert viewer.layers[TRACKS_LAYER].graph == {b: [parent]}
+    assert panel.fix_division() == f"track {a} is now a daughter of {parent}"  # and back
+    out = panel.export(tmp_path / "ctc_out")
+    assert out[0].is_file() and (tmp_path / "ctc_out" / "ctc").is_dir()
+    with pytest.raises(FileExistsError):
+        panel.export(tmp_path / "ctc_out")
+    assert "division" in widget.status_label.text() or "Exported" in widget.status_label.text()

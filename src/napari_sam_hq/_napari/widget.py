@@ -50,6 +50,7 @@ from .tools.everything import SegmentEverythingPanel
 from .tools.measure import MeasurePanel
 from .tools.propagate import PropagationPanel
 from .tools.refine import RefinePanel
+from .tools.track import TrackPanel
 
 if TYPE_CHECKING:
     import napari
@@ -99,6 +100,7 @@ class SamHQWidget(QWidget):
         self.adaptation = AdaptPanel(host)
         self.refinement = RefinePanel(host)
         self.measurement = MeasurePanel(host)
+        self.tracking = TrackPanel(host)
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
@@ -108,7 +110,7 @@ class SamHQWidget(QWidget):
     # ------------------------------------------------------------------ UI
 
     def _build_tools(self) -> list[QWidget]:
-        return [self.propagation, self.everything, self.adaptation, self.refinement, self.measurement]
+        return [self.propagation, self.everything, self.adaptation, self.refinement, self.tracking, self.measurement]
 
     def _build_ui(self) -> None:
         self.overwrite_check = QCheckBox("Overwrite existing labels")

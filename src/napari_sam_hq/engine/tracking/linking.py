@@ -84,17 +84,26 @@ class Tracks:
 
 
 def _objects(frame: np.ndarray) -> list[tuple[int, tuple[float, ...], int]]:
-    """``(label, centroid, area)`` of each object of a label image."""
-    from scipy import ndimage
-
-    frame = np.asarray(frame)
-    ids = np.unique(frame)
-    ids = ids[ids != 0]
-    if not len(ids):
+    """``(label, centroid, area)`` of each object of a label image: one ``bincount`` per axis
+    (ids are compacted first when they are sparse or huge, e.g. 64-bit hashes)."""
+    flat = np.asarray(frame).ravel()
+    if not flat.size:
         return []
-    centres = ndimage.center_of_mass(np.ones(frame.shape, np.float32), frame, ids)
-    areas = ndimage.sum_labels(np.ones(frame.shape, np.int64), frame, ids)
-    return [(int(i), tuple(float(v) for v in c), int(a)) for i, c, a in zip(ids, centres, areas, strict=True)]
+    top = int(flat.max())
+    if top <= 0:
+        return []
+    if top > 4 * flat.size:  # sparse huge ids: compact them
+        ids, flat = np.unique(flat, return_inverse=True)
+    else:
+        ids = None
+    counts = np.bincount(flat)
+    grids = np.indices(np.shape(frame)).reshape(len(np.shape(frame)), -1)
+    sums = [np.bincount(flat, weights=g, minlength=len(counts)) for g in grids]
+    present = np.flatnonzero(counts)
+    present = present[(present != 0) if ids is None else (ids[present] != 0)]
+    labels = present if ids is None else ids[present]
+    return [(int(lab), tuple(float(s[i] / counts[i]) for s in sums), int(counts[i]))
+            for lab, i in zip(labels, present, strict=True)]
 
 
 def check_movie(shape: Sequence[int], what: str = "the movie") -> None:
@@ -111,7 +120,6 @@ def iter_link(frames: Any, settings: TrackSettings | None = None) -> Generator[t
     sequence of frames; read one frame at a time) into ``Tracks``. Yields ``(fraction,
     message)`` per frame read, then once for the linking. ``ValueError`` when no frame has an
     object."""
-    import pandas as pd
     from laptrack import LapTrack
 
     settings = settings or TrackSettings()
@@ -120,40 +128,51 @@ def iter_link(frames: Any, settings: TrackSettings | None = None) -> Generator[t
         check_movie(shape, "the labels")
     n = len(frames)
     rows: list[tuple] = []
-    ndim = None
     for t in range(n):
         frame = np.asarray(frames[t])
         if shape is None and t == 0:  # a plain sequence of frames: checked on the first
             check_movie((n, *frame.shape), "the labels")
-        ndim = frame.ndim
         for label, centre, area in _objects(frame):
             rows.append((t, label, area, *centre))
         yield 0.9 * (t + 1) / n, f"frame {t + 1} of {n}: {len(rows)} objects so far"
     if not rows:
         raise ValueError("no frame has an object: nothing to track (segment the frames first)")
-    coords = ["z", "y", "x"][-ndim:]
-    df = pd.DataFrame(rows, columns=["frame", "label", "area", *coords])
+    table = np.array(rows, np.float64)  # frame, label, area, centroid...
+    frame_of = table[:, 0].astype(np.int64)
+    per_frame = [table[frame_of == f, 3:] for f in range(n)]
+    rows_of = [np.flatnonzero(frame_of == f) for f in range(n)]
     cutoff = settings.max_distance**2
     lt = LapTrack(
         cutoff=cutoff,
         gap_closing_cutoff=cutoff if settings.max_gap > 0 else False,
         gap_closing_max_frame_count=max(1, settings.max_gap),
         splitting_cutoff=settings.division_distance**2 if settings.division_distance > 0 else False,
+        # the cost of "no division", explicit: estimated from the movie's costs it moved with them
+        # (one missing detection was enough to lose a clear division)
+        no_splitting_cost=settings.division_distance**2 if settings.division_distance > 0 else None,
         merging_cutoff=False,
     )
-    track_df, split_df, _ = lt.predict_dataframe(df, coordinate_cols=coords, frame_col="frame",
-                                                 only_coordinate_cols=False)
-    track_df = track_df.reset_index()
-    first = 1 - int(track_df["track_id"].min())
-    ids = {(int(f), int(lab)): int(tr) + first
-           for f, lab, tr in zip(track_df["frame"], track_df["label"], track_df["track_id"], strict=True)}
+    graph = lt.predict(per_frame)  # nodes (frame, index in that frame), edges forward in time
+    # tracks from the graph: a node with two successors is a division (its successors start the
+    # daughters); otherwise a node continues its predecessor's track (merging is off: at most one)
+    node_row = {(f, i): int(rows_of[f][i]) for f in range(n) for i in range(len(rows_of[f]))}
+    track_of: dict[tuple[int, int], int] = {}
+    parents: dict[int, int] = {}
+    next_track = 1
+    for node in sorted(node_row):  # by frame: a predecessor is always seen first
+        preds = [p for p in graph.predecessors(node)] if node in graph else []
+        if preds and graph.out_degree(preds[0]) == 1:
+            track_of[node] = track_of[preds[0]]
+            continue
+        track_of[node] = next_track
+        if preds:  # a daughter
+            parents[next_track] = track_of[preds[0]]
+        next_track += 1
+    ids = {(int(table[r, 0]), int(table[r, 1])): track_of[node] for node, r in node_row.items()}
     spans: dict[int, tuple[int, int]] = {}
     for (f, _), tr in ids.items():
         lo, hi = spans.get(tr, (f, f))
         spans[tr] = (min(lo, f), max(hi, f))
-    parents = {int(c) + first: int(p) + first
-               for p, c in zip(split_df.get("parent_track_id", []), split_df.get("child_track_id", []), strict=True)}
-    centroids = {(int(r.frame), int(r.label)): tuple(float(getattr(r, c)) for c in coords)
-                 for r in df.itertuples(index=False)}
+    centroids = {(int(r[0]), int(r[1])): tuple(float(v) for v in r[3:]) for r in table}
     yield 1.0, f"{len(spans)} tracks, {len(set(parents.values()))} divisions"
     return Tracks(ids, parents, spans, centroids)
