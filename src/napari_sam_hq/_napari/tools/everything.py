@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton
 
 from ...engine.automatic.settings import AutoSettings
 from ..forms import read_settings, settings_form
@@ -57,10 +57,8 @@ class SegmentEverythingPanel(QGroupBox):
         )
         form = QFormLayout(self)
         form.addRow("Mode", self.mode_combo)
-        head_row = QHBoxLayout()
-        head_row.addWidget(self.head_label, 1)
-        head_row.addWidget(self.load_head_button)
-        form.addRow(head_row)
+        form.addRow(self.head_label)
+        form.addRow(self.load_head_button)
         form.addRow(self.auto_form.native)
         form.addRow(self.auto_stack_check)
         form.addRow(self.auto_button)
