@@ -100,7 +100,7 @@ def test_cancel_stops_adaptation_and_keeps_nothing(make_napari_viewer, qtbot, ch
 
 
 def test_a_head_trained_in_adapt_segments_every_cell_in_segment_everything(make_napari_viewer, qtbot, checkpoint,
-                                                                          tmp_path):
+                                                                          tmp_path, monkeypatch):
     """Adapt trains an instance head on a labels layer (the plot shows held-out AP50), Use puts
     it in Segment everything (mode ais), and the new objects land as labels."""
     from napari_sam_hq.engine.automatic.instances import HeadCard, average_precision, build_head, save_head
@@ -121,7 +121,15 @@ def test_a_head_trained_in_adapt_segments_every_cell_in_segment_everything(make_
     widget.everything.set_mode("ais")
     assert widget.segment_everything() is None  # no head yet: a message, nothing runs
     widget.adaptation.set_target("head")
-    widget.adaptation.adapt_form.minutes.value = 0.75
+    # the training's length in steps, not time (the form's budget is in minutes): the result must
+    # not depend on the machine's speed
+    import functools
+
+    from napari_sam_hq.engine.automatic import head_training
+
+    monkeypatch.setattr(head_training, "HeadTrainSettings",
+                        functools.partial(head_training.HeadTrainSettings, max_steps=200))
+    widget.adaptation.adapt_form.minutes.value = 30
     assert widget.adapt() is not None
     widget.wait(timeout=TIMEOUT / 1000)
     result = widget.adaptation.head_result

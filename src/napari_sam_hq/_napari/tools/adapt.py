@@ -147,7 +147,7 @@ class AdaptPanel(QGroupBox):
 
     def _on_yielded(self, message) -> None:
         status = self.host.status
-        if message[0] == "head":
+        if message[0] == "step" and hasattr(message[1], "val_ap50"):  # the instance head's
             step = message[1]
             status.progress(step.fraction)
             if step.val_ap50 is None:
@@ -236,19 +236,20 @@ class AdaptPanel(QGroupBox):
 
 
 @torch_job
-def _adapt_job(ann, sources, settings):
-    from ...engine.adaptation.training import iter_train
-
-    images = []
-    for n, (name, data) in enumerate(sources):
-        gen = ann.iter_training_images(data, name=name)
+def _train_job(ann, sources, collect: str, train):
+    """Collect training data from each labels layer (``ann.<collect>``: ``iter_training_images``
+    or ``iter_head_samples``), yielding ``("data", fraction, text)``, then ``train(model,
+    data)`` yielding ``("step", step)``; returns its result."""
+    data = []
+    for n, (name, labels) in enumerate(sources):
+        gen = getattr(ann, collect)(labels, name=name)
         try:
             while True:
                 fraction, text = next(gen)
                 yield ("data", (n + fraction) / len(sources), text)
         except StopIteration as stop:
-            images += stop.value
-    gen = iter_train(ann.session.model, images, settings)
+            data += stop.value
+    gen = train(ann.session.model, data)
     try:
         while True:
             yield ("step", next(gen))
@@ -256,22 +257,14 @@ def _adapt_job(ann, sources, settings):
         return stop.value
 
 
-@torch_job
-def _head_job(ann, sources, settings, data):
+def _adapt_job(ann, sources, settings):
+    from ...engine.adaptation.training import iter_train
+
+    return _train_job(ann, sources, "iter_training_images", lambda model, data: iter_train(model, data, settings))
+
+
+def _head_job(ann, sources, settings, info):
     from ...engine.automatic.head_training import iter_train_head
 
-    samples = []
-    for n, (name, labels) in enumerate(sources):
-        gen = ann.iter_head_samples(labels, name=name)
-        try:
-            while True:
-                fraction, text = next(gen)
-                yield ("data", (n + fraction) / len(sources), text)
-        except StopIteration as stop:
-            samples += stop.value
-    gen = iter_train_head(ann.session.model, samples, settings, data=data)
-    try:
-        while True:
-            yield ("head", next(gen))
-    except StopIteration as stop:
-        return stop.value
+    return _train_job(ann, sources, "iter_head_samples",
+                      lambda model, data: iter_train_head(model, data, settings, data=info))

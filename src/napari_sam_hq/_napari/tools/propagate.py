@@ -75,21 +75,26 @@ class PropagationPanel(QGroupBox):
             stops[key[-1]] = [xy for xy, lab in zip(p.points, p.labels, strict=True) if lab == 0]
         return {z: pts for z, pts in stops.items() if pts}
 
-    def fill_between(self):
-        """Fill the selected label between its nearest annotated slices around the slice on
-        screen (from both ends towards the middle; one undo step). Returns the worker, or ``None``."""
+    def _start(self, what: str, missing: str):
+        """``(annotator, slice, labels layer, settings)`` for a propagation on a stack, or
+        ``None`` after telling the user why not."""
         host = self.host
         image = host.image_layer
         if image is not None and len(spatial_shape(image)) < 3:
-            show_info("SAM-HQ: filling between slices needs a stack (Z or T slices); this image is 2D")
+            show_info(f"SAM-HQ: {what} needs a stack (Z or T slices); this image is 2D")
             return None
-        found = host.target(JOB, "a propagation", "compute embeddings and commit an object on two slices first")
+        found = host.target(JOB, "a propagation", missing)
+        settings = self._settings() if found is not None else None
+        return None if settings is None else (*found, settings)
+
+    def fill_between(self):
+        """Fill the selected label between its nearest annotated slices around the slice on
+        screen (from both ends towards the middle; one undo step). Returns the worker, or ``None``."""
+        found = self._start("filling between slices", "compute embeddings and commit an object on two slices first")
         if found is None:
             return None
-        ann, here, target = found
-        settings = self._settings()
-        if settings is None:
-            return None
+        ann, here, target, settings = found
+        host = self.host
         label = int(target.selected_label)
         try:
             seeds, span = ann.fill_seeds(here, label)
@@ -105,18 +110,11 @@ class PropagationPanel(QGroupBox):
     def propagate(self):
         """Propagate the objects of the current slice (or the selected label) through the
         stack along the last slicing axis of the plane on screen. Returns the worker, or ``None``."""
-        host = self.host
-        image = host.image_layer
-        if image is not None and len(spatial_shape(image)) < 3:
-            show_info("SAM-HQ: propagation needs a stack (Z or T slices); this image is 2D")
-            return None
-        found = host.target(JOB, "a propagation", "compute embeddings and commit an object first")
+        found = self._start("propagation", "compute embeddings and commit an object first")
         if found is None:
             return None
-        ann, here, target = found
-        settings = self._settings()
-        if settings is None:
-            return None
+        ann, here, target, settings = found
+        host = self.host
         ids = [int(target.selected_label)] if self.selected_only_check.isChecked() else ann.labels_on(here)
         if not ids or ids == [0]:
             show_info("SAM-HQ: no object on this slice to propagate: commit one first (or pick its label)")
