@@ -169,3 +169,14 @@ def test_track_a_labels_movie_fix_a_division_and_export(make_napari_viewer, qtbo
     with pytest.raises(FileExistsError):
         panel.export(tmp_path / "ctc_out")
     assert "division" in widget.status_label.text() or "Exported" in widget.status_label.text()
+    # a window of frames: the tracked layer has the window's frames only, the tracks their times
+    panel.first_spin.setValue(2)
+    panel.last_spin.setValue(40)
+    assert panel.track() is None  # past the movie's end: a message, nothing runs
+    panel.last_spin.setValue(10)
+    assert panel.track() is not None
+    widget.wait(timeout=60)
+    data = viewer.layers["cells tracked"].data
+    assert not data[:2].any() and not data[11:].any() and data[2:11].any(axis=(1, 2)).all()
+    times = viewer.layers[TRACKS_LAYER].data[:, 1]
+    assert times.min() == 2 and times.max() == 10

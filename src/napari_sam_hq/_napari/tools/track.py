@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
 from ...engine.tracking.linking import TrackSettings
 from ..forms import settings_form
@@ -39,6 +39,11 @@ class TrackPanel(QGroupBox):
             labels={"max_distance": "Max move (px)", "max_gap": "Max gap (frames)",
                     "division_distance": "Division distance (px)"},
         )
+        self.first_spin, self.last_spin = QSpinBox(), QSpinBox()
+        for spin in (self.first_spin, self.last_spin):
+            spin.setRange(0, 10**6)
+        self.first_spin.setToolTip("The first frame to track")
+        self.last_spin.setToolTip("The last frame to track (0: the movie's last)")
         self.track_button = QPushButton("Track")
         self.track_button.setToolTip("Link the objects of the labels layer through time (first axis), with "
                                      "divisions; ids may differ from frame to frame")
@@ -50,6 +55,10 @@ class TrackPanel(QGroupBox):
         for b in (self.fix_button, self.export_button):
             b.setEnabled(False)
         form = QFormLayout(self)
+        frames = QHBoxLayout()
+        frames.addWidget(self.first_spin)
+        frames.addWidget(self.last_spin)
+        form.addRow("Frames (last 0: all)", frames)
         form.addRow(self.track_form.native)
         row = QHBoxLayout()
         row.addWidget(self.track_button, 1)
@@ -78,6 +87,12 @@ class TrackPanel(QGroupBox):
         if settings is None:
             return None
         frames = source.data[0] if source.multiscale else source.data
+        first, last = self.first_spin.value(), self.last_spin.value() or frames.shape[0] - 1
+        if not 0 <= first < last < frames.shape[0]:
+            show_info(f"SAM-HQ: frames {first}-{last}: choose two frames of the movie's 0-{frames.shape[0] - 1}, "
+                      "the first before the last")
+            return None
+        frames = _Window(frames, first, last + 1)
         return host.jobs.run(JOB, _track_job(frames, settings), button=self.track_button,
                              returned=lambda tracks: self._on_tracked(source, frames, tracks),
                              message=f"Tracking '{source.name}'…")
@@ -85,7 +100,8 @@ class TrackPanel(QGroupBox):
     def _on_tracked(self, source, frames, tracks) -> None:
         self.tracks, self._frames = tracks, frames
         name = f"{source.name} tracked"
-        data = _relabel(frames, tracks)
+        data = np.zeros(tuple(source.data.shape), np.uint32)
+        data[frames.start : frames.stop] = _relabel(frames, tracks)
         layers = self.host.viewer.layers
         if name in layers:
             layers[name].data = data
@@ -103,6 +119,7 @@ class TrackPanel(QGroupBox):
         from ...engine.tracking.ctc import tracks_layer_data
 
         data, graph = tracks_layer_data(self.tracks)
+        data[:, 1] += self._frames.start  # the window's frames at their place in the movie
         layers = self.host.viewer.layers
         if TRACKS_LAYER in layers:
             layers[TRACKS_LAYER].data = data
@@ -162,6 +179,20 @@ class TrackPanel(QGroupBox):
                 show_warning(f"SAM-HQ: {err}")
 
 
+class _Window:
+    """Frames ``start..stop-1`` of a movie, read lazily (a track's frame 0 is ``start``)."""
+
+    def __init__(self, data, start: int, stop: int) -> None:
+        self.data, self.start, self.stop = data, start, stop
+        self.shape = (stop - start, *data.shape[1:])
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, t: int):
+        return self.data[self.start + t]
+
+
 def _centroid(tracks, track: int, frame: int):
     for (f, label), tr in tracks.ids.items():
         if tr == track and f == frame:
@@ -171,7 +202,7 @@ def _centroid(tracks, track: int, frame: int):
 
 def _relabel(frames, tracks) -> np.ndarray:
     """The frames with each object's track id (frame by frame)."""
-    out = np.zeros(tuple(frames.shape), np.uint32)
+    out = np.zeros(tuple(frames.shape), np.uint32)  # the window's frames
     for t in range(frames.shape[0]):
         frame = np.asarray(frames[t])
         lut = np.zeros(int(frame.max()) + 1 if frame.size else 1, np.uint32)

@@ -60,7 +60,7 @@ WARMUP_STEPS = 10
 class TrainSettings:
     """How to train (module notes). ``minutes``: a time budget that the run uses (``epochs``
     then no longer limit it); without one, ``epochs`` passes. The learning rate warms up over
-    the first steps and decays (cosine) over the budget. Training stops early only when the
+    the first steps, stays, and anneals over the last 30% of the run. Training stops early only when the
     held-out IoU has clearly stopped improving: no gain for ``patience`` evaluations *and*
     for ``PATIENCE_SHARE`` of the time budget (or, without a budget, ``MIN_STALE_STEPS``
     steps). ``TrainResult.stopped`` says why it stopped."""
@@ -278,7 +278,7 @@ def decoder_logits(model: Any, emb: ImageEmbedding, prompts: list[dict], *, dens
     """SAM logits ``B x 4 x 256 x 256``, HQ logits ``B x 1 x 256 x 256`` and IoU ``B x 4`` for
     prompts of one layout on one image, through the modules as the official code applies
     them (no in-place fast path): autograd can train through it, and it gives the
-    inference path's logits (``tests/engine/test_training.py``)."""
+    inference path's logits (``tests/engine/adaptation/test_training.py``)."""
     frames = Frames(tuple(emb.original_size), tuple(emb.input_size))
     dev = model.device
     points = boxes = masks = None
@@ -405,9 +405,8 @@ def iter_train(
                 if budget is not None and time.monotonic() - start > budget:
                     break
                 done = (steps / planned) if planned else (time.monotonic() - start) / budget
-                for group in optimizer.param_groups:  # warm-up, then cosine decay over the run
-                    group["lr"] = settings.lr * min(1.0, (steps + 1) / warmup) * (
-                        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+                for group in optimizer.param_groups:  # warm-up, full rate, then annealing (_rate)
+                    group["lr"] = settings.lr * min(1.0, (steps + 1) / warmup) * _rate(done)
                 # one image, one prompt kind per step: the decoder takes one layout per call
                 image = int(rng.choice([o.image for o in train]))
                 pool = [o for o in train if o.image == image]
@@ -475,6 +474,19 @@ def _with_decoder(model: Any, decoder: torch.nn.Module) -> Any:
 def _frames(images, obj: _Object) -> Frames:
     emb = images[obj.image].embedding
     return Frames(tuple(emb.original_size), tuple(emb.input_size))
+
+
+ANNEAL_FROM = 0.7  # the share of the run at the full learning rate, before it anneals
+
+
+def _rate(done: float) -> float:
+    """The learning rate's factor at ``done`` (a share of the run): 1 until ``ANNEAL_FROM``,
+    then a cosine down to 0.1 at the end. The decoder's settings were tuned at a constant rate
+    on short runs (tens of steps); a cosine over the whole run halved what they learn there."""
+    if done <= ANNEAL_FROM:
+        return 1.0
+    x = min(1.0, (done - ANNEAL_FROM) / (1 - ANNEAL_FROM))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * x))
 
 
 def _fraction(epochs_done: float, settings: TrainSettings, start: float, budget: float | None) -> float:

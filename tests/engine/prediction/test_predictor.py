@@ -10,7 +10,7 @@ import pytest
 from napari_sam_hq.engine import SamHQPredictor
 from napari_sam_hq.model import build_sam_hq
 
-from ..conftest import blob_image
+from ...conftest import blob_image
 
 
 @pytest.fixture(scope="module")

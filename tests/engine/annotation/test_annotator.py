@@ -13,7 +13,7 @@ from napari_sam_hq.engine.volumes.propagation import PropagationSettings
 from napari_sam_hq.engine.volumes.store import EmbeddingStore
 from napari_sam_hq.model.steps import exhaust
 
-from .fake_predictor import FakeModel, FakePredictor, disc_image, ellipsoid_volume
+from ..fake_predictor import FakeModel, FakePredictor, disc_image, ellipsoid_volume
 
 
 def _annotator(data, labels=None, *, tile_size=1024, overlap=256, model=None, **kw) -> Annotator:

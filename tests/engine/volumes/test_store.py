@@ -11,7 +11,7 @@ from napari_sam_hq.engine.prediction.predictor import ImageEmbedding
 from napari_sam_hq.engine.volumes.session import SegmentationSession
 from napari_sam_hq.engine.volumes.store import EmbeddingStore, StoreWarning, content_key
 
-from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
+from ..fake_predictor import FakeModel, FakePredictor, ellipsoid_volume
 
 
 def _embedding(seed: int = 0) -> ImageEmbedding:

@@ -8,8 +8,8 @@ import torch
 
 from napari_sam_hq.engine.prediction.transforms import Frames, preprocess_shape, resize_longest_side, to_model_rgb
 
-from ..conftest import blob_image, run_python
-from ..oracles import import_official
+from ...conftest import blob_image, run_python
+from ...oracles import import_official
 
 
 @pytest.mark.parametrize("hw", [(512, 512), (300, 701), (1500, 333), (1024, 1024), (7, 5)])

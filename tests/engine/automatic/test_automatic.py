@@ -25,9 +25,9 @@ from napari_sam_hq.engine.automatic.modes import iter_segment_everything
 from napari_sam_hq.engine.volumes.tiling import Tile
 from napari_sam_hq.model.common import exhaust
 
-from ..conftest import blob_image
-from ..oracles import import_official
-from .fake_predictor import FakeModel, FakePredictor, disc_image
+from ...conftest import blob_image
+from ...oracles import import_official
+from ..fake_predictor import FakeModel, FakePredictor, disc_image
 
 RULE = AutoSettings(points_per_side=16, stability_score_thresh=0.9, min_mask_region_area=0)
 

@@ -11,7 +11,7 @@ from napari_sam_hq.engine.volumes.session import SegmentationSession
 from napari_sam_hq.engine.volumes.store import EmbeddingStore
 from napari_sam_hq.engine.volumes.tiling import Tile, TileGrid, prompt_extent
 
-from .fake_predictor import FakeModel, FakePredictor, disc_image
+from ..fake_predictor import FakeModel, FakePredictor, disc_image
 
 
 def _discs(shape, discs, *, seed=0):

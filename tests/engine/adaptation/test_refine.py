@@ -34,7 +34,7 @@ from napari_sam_hq.engine.volumes.tiling import TileGrid
 from napari_sam_hq.model import load_model
 from napari_sam_hq.model.common import exhaust
 
-from .fake_predictor import FakeModel, FakePredictor, disc_image
+from ..fake_predictor import FakeModel, FakePredictor, disc_image
 
 
 def test_shared_pixels_stay_with_their_owner_else_the_smaller_object():

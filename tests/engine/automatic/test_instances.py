@@ -26,9 +26,9 @@ from napari_sam_hq.engine.automatic.instances import (
 from napari_sam_hq.engine.automatic.modes import iter_segment_everything
 from napari_sam_hq.model.steps import exhaust
 
-from .fake_predictor import FakeModel, FakePredictor, disc_image
-from .heads import RuleHead
-from .scenes import cell_scene
+from ..fake_predictor import FakeModel, FakePredictor, disc_image
+from ..heads import RuleHead
+from ..scenes import cell_scene
 
 
 def _fake_session(image, **kw):

@@ -26,7 +26,7 @@ from napari_sam_hq.engine.adaptation.training import (
 from napari_sam_hq.engine.prediction.predictor import SamHQPredictor
 from napari_sam_hq.model import load_model
 
-from ..conftest import blob_image
+from ...conftest import blob_image
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from napari_sam_hq.engine.tracking.ctc import ctc_tracks, iter_write_ctc, tracks
 from napari_sam_hq.engine.tracking.linking import Tracks, TrackSettings, iter_link
 from napari_sam_hq.model.steps import exhaust
 
-from .movies import cell_movie
+from ..movies import cell_movie
 
 
 def _ours_by_truth(movie, tracks: Tracks) -> dict[int, set[int]]:
@@ -134,8 +134,8 @@ def test_frames_segmented_by_the_head_then_linked():
     from napari_sam_hq.engine import EmbeddingStore, SegmentationSession
     from napari_sam_hq.engine.tracking.frames import SegmentedFrames
 
-    from .fake_predictor import FakeModel, FakePredictor
-    from .heads import RuleHead
+    from ..fake_predictor import FakeModel, FakePredictor
+    from ..heads import RuleHead
 
     movie = cell_movie(16, (128, 128), cells=4, divisions=1, seed=5)
     session = SegmentationSession(FakeModel(), movie.image, store=EmbeddingStore(None, max_in_memory=8),
@@ -147,3 +147,16 @@ def test_frames_segmented_by_the_head_then_linked():
     assert len(tracks.spans) == len(truth.spans)
     with pytest.raises(ValueError, match="no time axis"):
         SegmentedFrames(SegmentationSession(FakeModel(), movie.image[0], predictor_factory=FakePredictor))
+
+
+def test_3d_movies_are_linked_by_their_3d_centroids():
+    """T x Z x Y x X: each frame a small volume (the 2D frame in three slices); the same tracks
+    and divisions as the 2D movie."""
+    movie = cell_movie(20, (128, 128), cells=4, divisions=1, seed=6)
+    volumes = np.repeat(movie.detections[:, None], 3, axis=1)
+    flat = exhaust(iter_link(movie.detections))
+    deep = exhaust(iter_link(volumes))
+    assert len(deep.spans) == len(flat.spans) and len(deep.divisions) == len(flat.divisions) == 1
+    assert all(len(c) == 3 for c in deep.centroids.values())
+    with pytest.raises(ValueError, match="T x Y x X or T x Z x Y x X"):
+        exhaust(iter_link(np.zeros((2, 2, 2, 8, 8), np.uint16)))

@@ -20,8 +20,8 @@ from napari_sam_hq.model import build_sam_hq, prepare_for_inference
 from napari_sam_hq.model.common import exhaust
 from napari_sam_hq.model.registry import ModelSpec
 
-from ..conftest import SMALL_VIT, run_python
-from .fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
+from ...conftest import SMALL_VIT, run_python
+from ..fake_predictor import FakeModel, FakePredictor, ellipsoid_volume, paint_seeds
 
 
 def _session(image, model=None):

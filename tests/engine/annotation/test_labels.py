@@ -9,7 +9,7 @@ import pytest
 from napari_sam_hq.engine.annotation import labels as labels_module
 from napari_sam_hq.engine.annotation.labels import LabelVolume
 
-from ..conftest import run_python
+from ...conftest import run_python
 
 
 @pytest.mark.parametrize("on_disk", [False, True])
