@@ -441,7 +441,7 @@ def test_track_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys
 
     movie = cell_movie(6, (64, 64), cells=2, divisions=0, seed=2)
     tifffile.imwrite(tmp_path / "movie.tif", movie.image)
-    tifffile.imwrite(tmp_path / "short.tif", movie.detections[:4])
+    tifffile.imwrite(tmp_path / "short.tif", movie.detections[:4], photometric="minisblack")  # 4 frames, not RGBA
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros_like(movie.detections))
     tifffile.imwrite(tmp_path / "still.tif", movie.image[0])
     out = tmp_path / "out"
@@ -464,7 +464,7 @@ def test_track_segments_the_frames_with_a_model(ckpt, tmp_path, capsys):
     from .engine.movies import cell_movie
 
     movie = cell_movie(3, (64, 64), cells=2, divisions=0, seed=3)
-    tifffile.imwrite(tmp_path / "movie.tif", movie.image)
+    tifffile.imwrite(tmp_path / "movie.tif", movie.image, photometric="minisblack")  # 3 frames, not RGB
     out = tmp_path / "out"
     code = main(["track", str(tmp_path / "movie.tif"), "--model", ckpt, "--device", "cpu", "--store", "none",
                  "--out", str(out)])
