@@ -112,7 +112,11 @@ class Jobs(QObject):
         worker.start()
         return worker
 
-    def _finished(self, name: str, button) -> None:
+    def report_error(self, err: Exception) -> None:
+        self._status.report_error(str(err), err)
+
+    def finished(self, name: str, button) -> None:
+        """A job's worker ended: its button back, its memory to the system (its relay calls it)."""
         self._workers.pop(name, None)
         memory.trim()  # the worker's temporaries back to the system (engine/volumes/memory.py)
         button.setEnabled(True)
@@ -140,9 +144,9 @@ class _Relay(QObject):
         self._returned(result)
 
     def on_errored(self, err: Exception) -> None:
-        self._jobs._status.report_error(str(err), err)
+        self._jobs.report_error(err)
 
     def on_finished(self) -> None:
-        self._jobs._finished(self._name, self._button)
+        self._jobs.finished(self._name, self._button)
         self.setParent(None)  # let go of it (Python frees it with its last reference)
         self.deleteLater()

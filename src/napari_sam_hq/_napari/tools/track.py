@@ -100,8 +100,11 @@ class TrackPanel(QGroupBox):
     def _on_tracked(self, source, frames, tracks) -> None:
         self.tracks, self._frames = tracks, frames
         name = f"{source.name} tracked"
+        from ...engine.tracking.ctc import relabel_frame
+
         data = np.zeros(tuple(source.data.shape), np.uint32)
-        data[frames.start : frames.stop] = _relabel(frames, tracks)
+        for t in range(len(frames)):  # each object with its track id, a frame at a time
+            data[frames.start + t] = relabel_frame(frames[t], t, tracks.ids)
         layers = self.host.viewer.layers
         if name in layers:
             layers[name].data = data
@@ -136,25 +139,12 @@ class TrackPanel(QGroupBox):
         if self.tracks is None:
             show_info("SAM-HQ: track first")
             return None
-        t = self.tracks
         track = int(track if track is not None else self._tracked_layer.selected_label)
-        if track not in t.spans:
-            show_info(f"SAM-HQ: {track} is not a track: select one in the tracked labels layer")
+        try:
+            done = self.tracks.fix_division(track)
+        except ValueError as err:
+            show_warning(f"SAM-HQ: {err}: select a daughter's track in the tracked labels layer")
             return None
-        if track in t.parents:
-            parent = t.parents[track]
-            t.set_parent(track, None)
-            done = f"track {track} is no longer a daughter of {parent}"
-        else:
-            start = t.spans[track][0]
-            here = _centroid(t, track, start)
-            candidates = [p for p, (_, end) in t.spans.items() if end == start - 1 and len(t.children(p)) < 2]
-            if not candidates or here is None:
-                show_warning(f"SAM-HQ: no track ends in frame {start - 1} to be the parent of track {track}")
-                return None
-            parent = min(candidates, key=lambda p: np.hypot(*np.subtract(_centroid(t, p, start - 1), here)))
-            t.set_parent(track, parent)
-            done = f"track {track} is now a daughter of {parent}"
         self._draw_tracks()
         self.host.status.say(f"Fixed: {done}.")
         return done
@@ -191,25 +181,6 @@ class _Window:
 
     def __getitem__(self, t: int):
         return self.data[self.start + t]
-
-
-def _centroid(tracks, track: int, frame: int):
-    for (f, label), tr in tracks.ids.items():
-        if tr == track and f == frame:
-            return tracks.centroids[(f, label)]
-    return None
-
-
-def _relabel(frames, tracks) -> np.ndarray:
-    """The frames with each object's track id (frame by frame)."""
-    out = np.zeros(tuple(frames.shape), np.uint32)  # the window's frames
-    for t in range(frames.shape[0]):
-        frame = np.asarray(frames[t])
-        lut = np.zeros(int(frame.max()) + 1 if frame.size else 1, np.uint32)
-        for label in range(1, len(lut)):
-            lut[label] = tracks.ids.get((t, label), 0)
-        out[t] = lut[frame]
-    return out
 
 
 @thread_worker  # numpy and laptrack: no torch

@@ -587,31 +587,52 @@ class Annotator:
         ids = self.labels_on(here) if ids is None else [int(i) for i in ids]
         seeds: dict[int, dict[int, np.ndarray]] = {}
         for label in ids:
-            keys = [self.orientation.key_of(p) for p in labels.seeds.get(label, ())]
-            slices = sorted({k[-1] for k in keys if k is not None and k[:-1] == here[:-1]})
-            candidates = slices or list(self._axis_range(labels, label))
-            for z in candidates:
-                mask = labels.read(self.orientation.plane_index((*here[:-1], z))) == label
-                if mask.any():
+            for z in self._seed_candidates(labels, here, label):
+                mask = self._seed_mask(labels, here, label, z)
+                if mask is not None:
                     seeds.setdefault(label, {})[z] = mask
         return seeds
+
+    def _seed_candidates(self, labels: LabelVolume, here: SliceKey, label: int) -> list[int]:
+        """Slices (along the last slicing axis, through ``here``) that may seed ``label``: those
+        the user committed it on, else every slice of its extent (unread: it may be absent)."""
+        keys = [self.orientation.key_of(p) for p in labels.seeds.get(label, ())]
+        slices = sorted({k[-1] for k in keys if k is not None and k[:-1] == tuple(here)[:-1]})
+        return slices or list(self._axis_range(labels, label))
+
+    def _seed_mask(self, labels: LabelVolume, here: SliceKey, label: int, z: int) -> np.ndarray | None:
+        mask = labels.read(self.orientation.plane_index((*tuple(here)[:-1], z))) == label
+        return mask if mask.any() else None
 
     def fill_seeds(self, here: SliceKey, label: int) -> tuple[dict[int, dict[int, np.ndarray]], tuple[int, int]]:
         """The seeds of a fill between annotated slices of ``label`` (``{label: {slice: mask}}``)
         and the range it fills, ``(lo, hi)`` (exclusive): the nearest seed slices below and above
         ``here`` along the last slicing axis, or, on a seed slice, the nearest on either side of
         it (both gaps). ``ValueError`` says what is missing."""
-        seeds = self.propagation_seeds(here, [label]).get(int(label), {})
-        z = tuple(here)[-1]
-        lower, upper = [s for s in seeds if s < z], [s for s in seeds if s > z]
-        if z in seeds:  # on an annotated slice: the gaps on both sides of it
-            lo, hi = max(lower, default=z), min(upper, default=z)
-        else:
-            lo, hi = (max(lower), min(upper)) if lower and upper else (z, z)
+        labels = self._labels()
+        label, z = int(label), tuple(here)[-1]
+        candidates = self._seed_candidates(labels, here, label)
+        found: dict[int, np.ndarray] = {}
+
+        def nearest(slices) -> int | None:  # planes are read nearest first, only until one holds it
+            for s in slices:
+                mask = self._seed_mask(labels, here, label, s)
+                if mask is not None:
+                    found[s] = mask
+                    return s
+            return None
+
+        on_here = z in candidates and nearest([z]) is not None
+        lo = nearest(s for s in reversed(candidates) if s < z)
+        hi = nearest(s for s in candidates if s > z)
+        if on_here:  # on an annotated slice: the gaps on both sides of it
+            lo, hi = z if lo is None else lo, z if hi is None else hi
+        elif lo is None or hi is None:
+            lo = hi = z
         if hi - lo < 2:
             raise ValueError(f"label {label} needs annotated slices around slice {z} with a slice between them to "
-                             f"fill (its annotated slices: {sorted(seeds) or 'none'}): commit it before and after")
-        return {int(label): {s: m for s, m in seeds.items() if s in (lo, z, hi)}}, (lo, hi)
+                             f"fill (its annotated slices: {candidates or 'none'}): commit it before and after")
+        return {label: found}, (lo, hi)
 
     def iter_propagate(self, here: SliceKey, seeds: dict[int, dict[int, np.ndarray]], settings: Any = None, *,
                        outward: bool = True, stops: dict[int, list[tuple[float, float]]] | None = None):

@@ -35,7 +35,7 @@ from .instances import (
     build_head,
     head_inputs,
     instance_targets,
-    match_counts,
+    pair_ious,
     predict_maps,
 )
 from .instances import instances_from_maps as _instances
@@ -202,8 +202,8 @@ def _score(head, samples: list[HeadSample], settings: InstanceSettings) -> tuple
     head.eval()
     counts = np.zeros((len(THRESHOLDS), 3), np.int64)
     for s in samples:
-        pred = _instances(predict_maps(head, s.rgb, s.embedding), settings)
-        counts += [match_counts(s.labels, pred, float(t)) for t in THRESHOLDS]
+        iou = pair_ious(s.labels, _instances(predict_maps(head, s.rgb, s.embedding), settings))
+        counts += [((iou > t).sum(), iou.shape[0], iou.shape[1]) for t in THRESHOLDS]
     head.train(was_training)
     tp, n_true, n_pred = counts.T
     denominator = n_true + n_pred - tp

@@ -24,6 +24,7 @@ from scipy import ndimage
 from ..masks import object_slices
 from ..volumes.session import SegmentationSession, SliceKey
 from ..volumes.tiling import Tile
+from .linking import relabel_raster
 
 HEAD_FORMAT = "napari-sam-hq instance head"
 HEAD_VERSION = 1
@@ -96,16 +97,12 @@ def instances_from_maps(maps: np.ndarray, settings: InstanceSettings | None = No
 
 
 def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Objects of at least ``min_size`` pixels, ids 1..N in raster order of their first pixel."""
-    flat = labels.ravel()
-    counts = np.bincount(flat)
-    keep = counts >= min_size
-    keep[0] = False
-    ids, first = np.unique(flat, return_index=True)
-    order = [i for _, i in sorted(zip(first, ids, strict=True)) if keep[i]]
-    lut = np.zeros(len(counts), np.uint32)
-    lut[order] = np.arange(1, len(order) + 1, dtype=np.uint32)
-    return lut[labels]
+    """Objects of at least ``min_size`` pixels, ids 1..N in raster order (``relabel_raster``)."""
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    if small.any():
+        labels = np.where(small[labels], 0, labels)
+    return relabel_raster(labels).astype(np.uint32)
 
 
 def average_precision(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> float:
@@ -119,6 +116,13 @@ def average_precision(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.
 
 def match_counts(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
     """``(true positives, true objects, predicted objects)`` at IoU ``threshold`` (>= 0.5)."""
+    iou = pair_ious(truth, pred)
+    return int((iou > threshold).sum()), iou.shape[0], iou.shape[1]
+
+
+def pair_ious(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``true objects x predicted objects`` IoU (background left out), from one contingency
+    table: compute it once and count matches at as many thresholds as needed."""
     truth, pred = np.asarray(truth).ravel(), np.asarray(pred).ravel()
     t_ids, t_inv = np.unique(truth, return_inverse=True)
     p_ids, p_inv = np.unique(pred, return_inverse=True)
@@ -129,8 +133,7 @@ def match_counts(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) ->
     pi = slice(1, None) if p_ids[0] == 0 else slice(None)
     inter = both[ti, pi]
     union = t_area[ti, None] + p_area[None, pi] - inter
-    iou = inter / np.maximum(union, 1)
-    return int((iou > threshold).sum()), inter.shape[0], inter.shape[1]
+    return inter / np.maximum(union, 1)
 
 
 # ---------------------------------------------------------------------------- running the head

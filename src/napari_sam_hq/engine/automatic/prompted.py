@@ -26,7 +26,7 @@ import numpy as np
 
 from ..masks import object_slices
 from ..volumes.session import SegmentationSession, SliceKey
-from .everything import nms
+from .everything import mask_box, nms
 from .instances import InstanceSettings, instances_from_maps, iter_head_maps
 from .linking import link_slices, relabel_raster
 from .settings import AutoSettings
@@ -55,13 +55,6 @@ def head_prompts(instances: np.ndarray, centre: np.ndarray) -> list[tuple[dict, 
     return out
 
 
-def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
-
-
 def apg_plane(session: SegmentationSession, key: SliceKey, maps: np.ndarray, settings: AutoSettings,
               instance_settings: InstanceSettings | None = None,
               *, min_agreement: float = MIN_AGREEMENT) -> Generator[float, None, np.ndarray]:
@@ -74,7 +67,7 @@ def apg_plane(session: SegmentationSession, key: SliceKey, maps: np.ndarray, set
         chunk = prompts[start : start + BATCH]
         answers = session.segment(key, [p for p, _, _ in chunk], hq_token_only=False)
         for (_prompt, (x0, y0, x1, y1), own), answer in zip(chunk, answers, strict=True):
-            box = _box_of(answer.mask)
+            box = mask_box(answer.mask)
             agree = 0.0
             if box is not None:
                 bx0, by0, bx1, by1 = box

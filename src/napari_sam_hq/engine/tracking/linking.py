@@ -64,6 +64,33 @@ class Tracks:
             out.setdefault(p, []).append(c)
         return {p: sorted(cs) for p, cs in sorted(out.items())}
 
+    def centroid(self, track: int, frame: int) -> tuple[float, ...] | None:
+        """The centroid of ``track`` in ``frame`` (``None`` where it is not)."""
+        for (f, label), tr in self.ids.items():
+            if tr == track and f == frame:
+                return self.centroids[(f, label)]
+        return None
+
+    def fix_division(self, track: int) -> str:
+        """The one action for a wrong division of ``track``: a daughter is cut from its parent
+        (a division the tracker invented); a track without a parent is linked to the nearest
+        track that ends in the frame before it starts and has fewer than two daughters (a
+        missed one). Returns what was done; ``ValueError`` when there is nothing to do."""
+        if track not in self.spans:
+            raise ValueError(f"{track} is not a track")
+        if track in self.parents:
+            parent = self.parents[track]
+            self.set_parent(track, None)
+            return f"track {track} is no longer a daughter of {parent}"
+        start = self.spans[track][0]
+        here = self.centroid(track, start)
+        candidates = [p for p, (_, end) in self.spans.items() if end == start - 1 and len(self.children(p)) < 2]
+        if not candidates or here is None:
+            raise ValueError(f"no track ends in frame {start - 1} to be the parent of track {track}")
+        parent = min(candidates, key=lambda p: float(np.hypot(*np.subtract(self.centroid(p, start - 1), here))))
+        self.set_parent(track, parent)
+        return f"track {track} is now a daughter of {parent}"
+
     def set_parent(self, track: int, parent: int | None) -> None:
         """Fix a division: ``track`` becomes a daughter of ``parent`` (a division the tracker
         missed), or no one's (``None``: a division it invented). ``ValueError`` for a parent

@@ -133,11 +133,13 @@ def prompt_from_mask(mask: np.ndarray) -> dict:
     }
 
 
-def points_from_mask(mask: np.ndarray, n: int = 3) -> np.ndarray:
-    """``n x 2`` (x, y) positive points inside an ``H x W`` mask: its most interior pixel, then
-    the two pixels of its deeper half farthest apart along its long axis (the object's two
-    ends, well inside it), so the points span the object as a user's clicks would."""
-    first = prompt_from_mask(mask)["point_coords"][0]
+def points_from_mask(mask: np.ndarray, n: int = 3, *, first: np.ndarray | None = None) -> np.ndarray:
+    """``n x 2`` (x, y) positive points inside an ``H x W`` mask: its most interior pixel
+    (``first``, when the caller has it from ``prompt_from_mask``), then the two pixels of its
+    deeper half farthest apart along its long axis (the object's two ends, well inside it), so
+    the points span the object as a user's clicks would."""
+    if first is None:
+        first = prompt_from_mask(mask)["point_coords"][0]
     if n == 1:
         return first[None]
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
@@ -162,17 +164,20 @@ def step_prompt(masks: list[ObjectMask], parts: frozenset[str]) -> dict:
     """The prompt of the next slice from the mask(s) next to it (one, or both neighbours of a
     fill's middle slice): ``parts`` of ``point``, ``points``, ``box``, ``mask``."""
     obj: dict = {}
-    pts = []
+    pts, boxes = [], []
     for m in masks:
+        mask = m.mask  # once: a packed mask unpacks on every access
+        found = prompt_from_mask(mask)  # box and interior point: one distance transform
+        boxes.append(found["box"])
         if "points" in parts:
-            pts.append(points_from_mask(m.mask))
+            pts.append(points_from_mask(mask, first=found["point_coords"][0]))
         elif "point" in parts:
-            pts.append(prompt_from_mask(m.mask)["point_coords"])
+            pts.append(found["point_coords"])
     if pts:
         coords = np.concatenate(pts)
         obj.update(point_coords=coords, point_labels=np.ones(len(coords), np.int64))
     if "box" in parts:
-        boxes = np.array([prompt_from_mask(m.mask)["box"] for m in masks])
+        boxes = np.array(boxes)
         obj["box"] = np.array([*boxes[:, :2].min(0), *boxes[:, 2:].max(0)], float)
     if "mask" in parts:
         for m in masks:
