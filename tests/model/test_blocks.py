@@ -395,6 +395,41 @@ def test_whole_batch_mask_heads_equal_one_prompt_at_a_time(decoder, b):
         assert_close(a, c, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("multimask", "hq_only"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("banded", [True, False], ids=["per-prompt", "whole-batch"])
+def test_windowed_masks_equal_the_full_masks_inside_their_window(decoder, multimask, hq_only, banded):
+    from napari_sam_hq.model.mask_decoder import OUTSIDE_LOGIT
+
+    emb, pe, sparse, dense, early = _decoder_inputs(4, seed=9)
+    # an inner window, one at the plane's corner (zero padding there is the module's own),
+    # one covering everything, one empty
+    windows = torch.tensor([[20, 27, 30, 41], [0, 5, 58, 64], [0, 64, 0, 64], [10, 10, 3, 9]])
+    with torch.inference_mode():
+        hq = decoder.hq_features(emb, early)
+        full, full_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=multimask, hq_token_only=hq_only)
+        decoder.banded = banded
+        try:
+            win, win_scores = decoder(emb, pe, sparse, dense, hq, multimask_output=multimask,
+                                      hq_token_only=hq_only, windows=windows)
+        finally:
+            decoder.banded = True
+    assert win.shape == full.shape
+    assert_close(win_scores, full_scores)
+    for i, (r0, r1, c0, c1) in enumerate(windows.tolist()):
+        inside = torch.zeros(256, 256, dtype=torch.bool)
+        inside[4 * r0 : 4 * r1, 4 * c0 : 4 * c1] = True
+        assert_close(win[i][:, inside], full[i][:, inside], atol=2e-4, rtol=1e-4)
+        assert (win[i][:, ~inside] == OUTSIDE_LOGIT).all()
+    assert (full[0] != OUTSIDE_LOGIT).all()  # the fill is not what the full masks say anyway
+
+
+def test_windows_must_be_one_rectangle_per_prompt(decoder):
+    emb, pe, sparse, dense, early = _decoder_inputs(2, seed=9)
+    with torch.inference_mode(), pytest.raises(ValueError, match="B x 4"):
+        decoder(emb, pe, sparse, dense, decoder.hq_features(emb, early), multimask_output=False,
+                hq_token_only=False, windows=torch.zeros(3, 4, dtype=torch.int64))
+
+
 def test_the_builder_picks_the_path_by_device():
     from napari_sam_hq.model import build_sam_hq
     from napari_sam_hq.model.build import place, set_compute_path
