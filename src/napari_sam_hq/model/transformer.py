@@ -203,10 +203,13 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         image_proj: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        row_offset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries ``B x T x C``, keys ``B x N x C`` (pe tensors broadcast) -> same shapes.
 
-        ``image_proj``: ``image_projections(keys, key_pe)`` computed earlier, if any.
+        ``image_proj``: ``image_projections(keys + row_offset, key_pe)`` computed earlier,
+        if any; then ``keys`` (1 x N x C, shared) are only added to, and ``row_offset``
+        (``ImageTokens.row_offset``, or None) is part of them.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -226,10 +229,17 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
-        # keys + attention, with the attention as P @ M (rank heads x T, see attend_from_rows)
+        # keys + attention, with the attention as P @ M (rank heads x T, see attend_from_rows).
+        # Each head's row of P sums to 1, so a row c added to every key (out_proj's bias, a
+        # constant dense prompt) is P @ (M + c / heads): no pass over the B x N x C keys.
         k, v = i2t.project_k(queries + query_pe), i2t.project_v(queries)
         p, m = i2t.attend_from_rows(k, v, q=i2t_q, query_rows=rows)
-        keys = torch.add(keys.expand(p.shape[0], -1, -1), i2t.out_proj.bias).baddbmm_(p, m)
+        shift = i2t.out_proj.bias if row_offset is None else i2t.out_proj.bias + row_offset.reshape(-1)
+        m = m + shift / i2t.num_heads
+        if image_proj is None and not torch.is_grad_enabled():  # these keys are ours (the first layer's are shared)
+            keys = keys.expand(p.shape[0], -1, -1).contiguous().baddbmm_(p, m)
+        else:
+            keys = torch.baddbmm(keys, p, m)
         keys = self.norm4(keys)
         return queries, keys
 
@@ -304,9 +314,10 @@ class TwoWayTransformer(nn.Module):
         self, image: ImageTokens, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` with the image side from ``prepare_image``."""
-        queries, keys, key_pe = point_embedding, image.keys(), image.key_pe
+        key_pe = image.key_pe
         first = (image.token_to_image_k, image.token_to_image_v, image.image_to_token_q)
-        for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, point_embedding, key_pe, first if i == 0 else None)
+        queries, keys = self.layers[0](point_embedding, image.rows, point_embedding, key_pe, first, image.row_offset)
+        for layer in self.layers[1:]:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
         attn = self.final_attn_token_to_image.attend_rows(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
