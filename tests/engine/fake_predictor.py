@@ -30,10 +30,13 @@ class FakeModel:
 
 
 class FakePredictor:
+    limit_to_box = True  # False: the whole component under the prompt, wherever it goes
+
     def __init__(self, model: FakeModel) -> None:
         self.model = model
         self._grey: np.ndarray | None = None
         self._frames: Frames | None = None
+        self.windows_seen = 0  # prompts decoded with a window
 
     def iter_set_image(self, image, *, contrast_limits=None, keep_early=True):  # no early feature here
         rgb = to_model_rgb(image, contrast_limits=contrast_limits)
@@ -77,7 +80,7 @@ class FakePredictor:
         return (torch.from_numpy(out.low_res_logits[keep, 0]), torch.from_numpy(out.scores[keep, 0]), keep)
 
     def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      multimask_output=False, hq_token_only=False) -> BatchPrediction:
+                      multimask_output=False, hq_token_only=False, windows=None) -> BatchPrediction:
         frames = self._frames
         assert frames is not None and self._grey is not None
         b = len(boxes) if boxes is not None else len(point_coords)
@@ -101,7 +104,7 @@ class FakePredictor:
                     n = comps[int(np.clip(round(py), 0, 1023)), int(np.clip(round(px), 0, 1023))]
                     if lab == 0 and n:
                         mask &= comps != n
-            if box is not None:
+            if box is not None and self.limit_to_box:
                 gx, gy = (box[2] - box[0]) / 4 + 2, (box[3] - box[1]) / 4 + 2
                 keep = np.zeros_like(mask)
                 rows = slice(int(max(0, box[1] - gy)), int(box[3] + gy) + 1)
@@ -112,6 +115,12 @@ class FakePredictor:
             scores.append(0.9 if mask.any() else 0.0)
         low = np.stack(lows)[:, None]
         full = frames.logits_to_original(torch.from_numpy(low)).numpy() > 0
+        if windows is not None:  # as SamHQPredictor: empty outside the window
+            self.windows_seen += len(windows)
+            for m, (r0, r1, c0, c1) in zip(full, frames.window_pixels(windows).tolist(), strict=True):
+                inside = np.zeros(m.shape[-2:], bool)
+                inside[r0:r1, c0:c1] = True
+                m &= inside
         return BatchPrediction(masks=full, scores=np.array(scores, np.float32)[:, None], low_res_logits=low)
 
 

@@ -91,6 +91,43 @@ def test_edge_pixels_are_inside(predictor):
     predictor.predict(box=[0, 0, 299, 199])
 
 
+@pytest.mark.parametrize("multimask", [False, True])
+def test_windowed_masks_are_the_full_masks_inside_and_empty_outside(predictor, multimask):
+    """Windows anywhere (inner, at a corner, past the image's edge, one pixel, the whole
+    image): inside each, the masks of a batch without windows; outside, nothing."""
+    from napari_sam_hq.model.mask_decoder import OUTSIDE_LOGIT
+
+    boxes = np.array([[60, 40, 120, 90], [250, 150, 299, 199], [10, 120, 80, 190], [150, 100, 150, 100],
+                      [0, 0, 299, 199]], float)
+    windows = np.array([[40, 25, 140, 110], [230, 130, 320, 230], [0, 100, 95.4, 199], [150, 100, 150, 100],
+                        [-0.5, -0.5, 299.5, 199.5]])
+    full = predictor.predict_batch(boxes=boxes, multimask_output=multimask)
+    win = predictor.predict_batch(boxes=boxes, multimask_output=multimask, windows=windows)
+    np.testing.assert_allclose(win.scores, full.scores, atol=1e-6)
+    for i, (x0, y0, x1, y1) in enumerate(windows):
+        inside = np.zeros((200, 300), bool)
+        inside[max(0, int(np.ceil(y0))) : int(np.floor(y1)) + 1, max(0, int(np.ceil(x0))) : int(np.floor(x1)) + 1] = True
+        assert not win.masks[i][:, ~inside].any()
+        differ = (win.masks[i][:, inside] != full.masks[i][:, inside]).mean()
+        assert differ < 1e-4, f"window {i}: {differ:.2%} of its pixels differ"
+        assert i == 3 or full.masks[i][:, inside].any()  # there is something to compare (not in one pixel)
+    assert (win.low_res_logits[0] == OUTSIDE_LOGIT).mean() > 0.5  # most of the plane was never computed
+    # the whole image: every low-res row it reads (the image is 683 of the 1024 input rows;
+    # the padding below is never read, so never computed)
+    np.testing.assert_allclose(win.low_res_logits[4][:, :171], full.low_res_logits[4][:, :171], atol=2e-4)
+    assert (win.low_res_logits[4][:, 176:] == OUTSIDE_LOGIT).all()
+
+
+@pytest.mark.parametrize(
+    "windows, match",
+    [(np.zeros((2, 4)), "one per object"), (np.array([[10, 10, 5, 20]]), "x0 <= x1"),
+     (np.array([[0, 0, np.inf, 5]]), "B x 4"), (np.zeros((1, 3)), "B x 4")],
+)
+def test_bad_windows_get_clear_errors(predictor, windows, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.predict_batch(boxes=np.array([[10, 10, 50, 50]], float), windows=windows)
+
+
 def test_embedding_round_trip_gives_identical_predictions(small_pair):
     a = SamHQPredictor(small_pair.ours)
     a.set_image(blob_image(150, 220, seed=5))

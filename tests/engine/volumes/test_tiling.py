@@ -89,6 +89,24 @@ def test_object_across_a_tile_border_is_whole():
     assert (results[2].mask == (truth == 2)).mean() > 0.999
 
 
+def test_windows_are_plane_pixels_on_any_tile():
+    """Windows go with their object to whichever tile answers it (moved into its frame,
+    clipped to it): a window around the seam disc leaves its mask whole; one that holds
+    the disc's right half only gives that half, on the tile that holds the disc."""
+    shape = (1536, 2048)
+    image, truth = _discs(shape, [(700, 1413, 140), (300, 300, 60)])
+    session = _session(image, tile_size=1024, overlap=256)
+    prompt = {"point_coords": [[1278, 700]], "point_labels": [1]}
+    [plain, whole, half] = session.segment((), [
+        prompt, {**prompt, "window": [1250, 540, 1580, 860]}, {**prompt, "window": [1413, 0, 2047, 1535]}])
+    disc = truth == 1
+    assert (plain.mask == disc).mean() > 0.999 and plain.tile.x0 == 1024
+    assert np.array_equal(whole.mask, plain.mask) and whole.tile == plain.tile
+    right = np.zeros(shape, bool)
+    right[:, 1413:] = True
+    assert np.array_equal(half.mask, plain.mask & right) and half.tile == plain.tile
+
+
 def test_object_larger_than_a_tile_comes_from_the_coarse_pass():
     shape = (1400, 1400)
     image, truth = _discs(shape, [(700, 700, 600)])

@@ -218,6 +218,28 @@ class Frames:
         """
         return self._to_original(low_res, banded)
 
+    def window_pixels(self, windows: np.ndarray) -> np.ndarray:
+        """``B x 4`` XYXY windows (original pixels; a pixel is in when its centre is) ->
+        ``B x 4`` (row0, row1, col0, col1) of the pixels inside, half-open, on the image."""
+        windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+        h, w = self.original_size
+        x0, x1 = np.ceil(windows[:, 0]).clip(0, w), np.floor(windows[:, 2]).clip(-1, w - 1) + 1
+        y0, y1 = np.ceil(windows[:, 1]).clip(0, h), np.floor(windows[:, 3]).clip(-1, h - 1) + 1
+        return np.stack([y0, np.maximum(y0, y1), x0, np.maximum(x0, x1)], axis=1).astype(np.int64)
+
+    def window_cells(self, pixels: np.ndarray) -> np.ndarray:
+        """``B x 4`` (row0, row1, col0, col1) original pixels (``window_pixels``) -> the
+        cells of the 64 x 64 embedding grid whose low-res logits those pixels read
+        (``B x 4``, half-open): the decoder's windows for them. Empty stays empty."""
+        op = resize_operator(self.original_size, self.input_size)
+        out = np.zeros((len(pixels), 4), np.int64)
+        cell = LOW_RES // 64
+        for i, (r0, r1, c0, c1) in enumerate(np.asarray(pixels, np.int64).tolist()):
+            if r0 < r1 and c0 < c1:
+                out[i] = (op.row_reach[r0, 0] // cell, op.row_reach[r1 - 1, 1] // cell + 1,
+                          op.col_reach[c0, 0] // cell, op.col_reach[c1 - 1, 1] // cell + 1)
+        return out
+
     def masks_to_original(
         self, low_res: torch.Tensor, threshold: float, *, banded: bool | None = None
     ) -> torch.Tensor:
@@ -344,6 +366,8 @@ class ResizeOperator:
         self.cols_used = int(np.flatnonzero(self.ax.any(axis=0))[-1]) + 1
         self.ay, self.ax = self.ay[:, : self.rows_used], self.ax[:, : self.cols_used]
         self.row_bands, self.col_bands = _bands(self.ay), _bands(self.ax)
+        # per output row / column: the first and last low-res row / column it reads
+        self.row_reach, self.col_reach = _reach(self.ay), _reach(self.ax)
         self._tensors: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._blocks: dict[str, tuple[torch.Tensor, ...]] = {}
 
@@ -379,6 +403,12 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
             runs.append((start, k - 1))
             start = None
     return runs
+
+
+def _reach(m: np.ndarray) -> np.ndarray:
+    """``N x 2``: for each row of ``m``, its first and last non-zero column."""
+    nz = m != 0
+    return np.stack([nz.argmax(axis=1), m.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)], axis=1)
 
 
 def _bands(m: np.ndarray) -> tuple[tuple[int, int, int, int], ...]:

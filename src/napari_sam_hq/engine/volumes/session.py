@@ -448,7 +448,9 @@ class SegmentationSession:
         Each object is a dict of ``predict`` keywords in plane pixels (``point_coords``
         N x 2, ``point_labels`` N, ``box`` XYXY) and optionally ``mask_input`` (256 x 256
         logits) with the ``tile`` they belong to (an ``ObjectMask.tile``); a mask input
-        from another tile than the one chosen is dropped. Objects with the same prompt
+        from another tile than the one chosen is dropped. An optional ``window`` (XYXY)
+        is where the object is known to lie: its mask is computed there only and is empty
+        outside (``SamHQPredictor.predict_batch``). Objects with the same prompt
         layout on the same tile are decoded in one batch. A mask that reaches an inner
         tile edge is decoded again from the tile that holds it, or the coarse tile.
 
@@ -495,12 +497,13 @@ class SegmentationSession:
                     obj.get("box") is not None,
                     None if obj.get("point_coords") is None else len(obj["point_coords"]),
                     use_mask,
+                    obj.get("window") is not None,
                 )
                 groups.setdefault(layout, []).append(i)
             retry = []
-            for (tile, has_box, n_points, use_mask), members in groups.items():
+            for (tile, has_box, n_points, use_mask, has_window), members in groups.items():
                 out = self._decode(key, lookup, tile, [objects[i] for i in members], has_box, n_points,
-                                   use_mask, multimask_output, hq_token_only)
+                                   use_mask, multimask_output, hq_token_only, has_window)
                 for i, result in zip(members, out, strict=True):
                     tried[i] += (tile,)
                     results[i] = result
@@ -522,7 +525,8 @@ class SegmentationSession:
             todo = retry
         return [r for r in results if r is not None]
 
-    def _decode(self, key, lookup, tile, objs, has_box, n_points, use_mask, multimask, hq_only) -> list[ObjectMask]:
+    def _decode(self, key, lookup, tile, objs, has_box, n_points, use_mask, multimask, hq_only,
+                has_window=False) -> list[ObjectMask]:
         predictor = self.tile_predictor(key, tile, lookup)
         whole = self.is_whole(tile)
         origin = np.zeros(2) if whole else tile.origin_xy
@@ -534,6 +538,8 @@ class SegmentationSession:
             kwargs["boxes"] = np.stack([np.asarray(o["box"], float).ravel() - np.tile(origin, 2) for o in objs])
         if use_mask:
             kwargs["mask_input"] = np.stack([np.asarray(o["mask_input"], np.float32) for o in objs])
+        if has_window:
+            kwargs["windows"] = np.stack([np.asarray(o["window"], float).ravel() - np.tile(origin, 2) for o in objs])
         if not whole:
             h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
             kwargs = _clip_to_tile(kwargs, h, w)
@@ -564,12 +570,14 @@ def region_of(data: Any, key: SliceKey, rows: slice, cols: slice) -> np.ndarray:
 
 
 def _clip_to_tile(kwargs: dict, h: int, w: int) -> dict:
-    """Points and boxes in tile pixels, clipped onto the tile (a box may reach past it)."""
-    if "boxes" in kwargs:
-        b = kwargs["boxes"].copy()
-        b[:, [0, 2]] = b[:, [0, 2]].clip(-0.5, w - 0.5)
-        b[:, [1, 3]] = b[:, [1, 3]].clip(-0.5, h - 0.5)
-        kwargs["boxes"] = b
+    """Points, boxes and windows in tile pixels, clipped onto the tile (a box or window
+    may reach past it)."""
+    for name in ("boxes", "windows"):
+        if name in kwargs:
+            b = kwargs[name].copy()
+            b[:, [0, 2]] = b[:, [0, 2]].clip(-0.5, w - 0.5)
+            b[:, [1, 3]] = b[:, [1, 3]].clip(-0.5, h - 0.5)
+            kwargs[name] = b
     if "point_coords" in kwargs:
         p = kwargs["point_coords"].copy()
         p[..., 0] = p[..., 0].clip(-0.5, w - 0.5)
