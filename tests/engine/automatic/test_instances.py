@@ -274,6 +274,40 @@ def test_apg_keeps_the_heads_object_where_the_decoder_fails():
     assert int(labels.max()) == 2 and average_precision(truth, labels) == 1.0
 
 
+def test_apg_decodes_in_windows_and_a_mask_that_runs_past_its_window_is_not_taken():
+    """A decoder that follows a bright bar wherever it goes, prompted by a head that saw only
+    the bar's end: the answer reaches the window's edge, so the head's instance stands in
+    (without the window, the whole 200-pixel bar would have been taken for that cell). The
+    disc's answer lies well inside its window and is taken."""
+    from napari_sam_hq.engine.automatic.prompted import apg_plane, head_prompts
+    from napari_sam_hq.engine.automatic.settings import AutoSettings
+
+    class Follower(FakePredictor):
+        limit_to_box = False
+
+    image, _ = disc_image((160, 300), [(110, 200, 25)], seed=3)
+    image[30:50, 40:240] = 210  # the bar
+    seen = np.zeros((160, 300), np.uint32)
+    seen[28:52, 40:70] = 1  # the head's cell: the bar's left end
+    yy, xx = np.indices(seen.shape)
+    seen[(yy - 110) ** 2 + (xx - 200) ** 2 <= 22**2] = 2  # the disc, 3 pixels short
+    maps = instance_targets(seen)
+    [(prompt, _, _), _] = head_prompts(seen, maps[1])
+    assert prompt["window"].tolist() == [21, 12, 88, 67]  # cols 40-69, rows 28-51, grown by half and 4
+    predictors = []
+
+    def factory(model):
+        predictors.append(Follower(model))
+        return predictors[-1]
+
+    session = SegmentationSession(FakeModel(), image, store=EmbeddingStore(None), predictor_factory=factory)
+    labels = exhaust(apg_plane(session, (), maps, AutoSettings(pred_iou_thresh=0.5)))
+    assert predictors[0].windows_seen == 2
+    assert np.array_equal(labels == labels[40, 50], seen == 1)  # the head's own cell, not the bar
+    disc = labels == labels[110, 200]
+    assert disc.sum() > (seen == 2).sum() + 100  # the decoder's disc (radius 25), not the head's (22)
+
+
 def test_apg_and_ais_end_to_end_with_the_real_model(small_pair):
     model = small_pair.ours
     stack = np.stack([cell_scene((96, 112), seed=s)[0] for s in range(2)])

@@ -3,13 +3,17 @@
 Per plane: the head's maps and instances (``instances``); each instance becomes one prompt,
 its box (XYXY, plane pixels, last row and column inclusive, as SAM's mask boxes; grown by
 ``BOX_MARGIN`` of its size and 2 pixels, so a head whose boundaries fall short does not clip
-the decoder's) and one positive point at its most central pixel (the maximum of the centre map inside it). The
+the decoder's) and one positive point at its most central pixel (the maximum of the centre
+map inside it), with a window (the instance's box grown by ``WINDOW_MARGIN`` of its size and
+4 pixels) outside which the decoder does not compute its mask: the mask heads at 256 x 256
+were two thirds of a prompt's cost (10 s for 240 cells on a 512 x 512 plane, 2 cores). The
 session decodes them in batches by tile (``SegmentationSession.segment``). Then:
 
 1. answers scored below ``AutoSettings.pred_iou_thresh`` are dropped, as are answers that
    disagree with the instance that prompted them (IoU below ``min_agreement``: the decoder
-   jumped to a neighbour or the background); the head's own instance stands in for them,
-   so no object the head found is lost;
+   jumped to a neighbour or the background) and answers that reach their window's edge
+   inside the plane (the decoder spilled far past the object the head saw); the head's
+   own instance stands in for them, so no object the head found is lost;
 2. duplicates (box IoU above ``box_nms_thresh``, e.g. two seeds in one cell) keep the
    higher score (non-maximum suppression);
 3. masks are painted best first, each only on pixels still free, so touching cells share
@@ -33,13 +37,15 @@ from .settings import AutoSettings
 
 MIN_AGREEMENT = 0.5
 BOX_MARGIN = 0.1
+WINDOW_MARGIN = 0.5
 BATCH = 32  # prompts per decoder call (the session groups them by tile)
 
 
 def head_prompts(instances: np.ndarray, centre: np.ndarray) -> list[tuple[dict, tuple[int, int, int, int], np.ndarray]]:
     """``(prompt, instance box, instance mask crop)`` per instance: the prompt's box (grown by
-    the margin, inside the plane) and most central point; the instance's own XYXY box (last
-    row and column inclusive) and its mask inside that box."""
+    the margin, inside the plane), most central point and window (integer XYXY, inclusive,
+    inside the plane); the instance's own XYXY box (last row and column inclusive) and its
+    mask inside that box."""
     h, w = instances.shape
     out = []
     for label, (rows, cols) in object_slices(instances):
@@ -48,9 +54,12 @@ def head_prompts(instances: np.ndarray, centre: np.ndarray) -> list[tuple[dict, 
         y, x = np.unravel_index(int(np.argmax(c)), c.shape)
         own = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], np.float64)
         gy, gx = BOX_MARGIN * (rows.stop - rows.start) + 2, BOX_MARGIN * (cols.stop - cols.start) + 2
-        box = np.clip(own + np.array([-gx, -gy, gx, gy]), 0, [w - 1, h - 1, w - 1, h - 1])
+        limit = [w - 1, h - 1, w - 1, h - 1]
+        box = np.clip(own + np.array([-gx, -gy, gx, gy]), 0, limit)
+        gy, gx = WINDOW_MARGIN * (rows.stop - rows.start) + 4, WINDOW_MARGIN * (cols.stop - cols.start) + 4
+        window = np.clip(own + np.round([-gx, -gy, gx, gy]), 0, limit)
         prompt = {"point_coords": np.array([[x + cols.start, y + rows.start]], np.float64),
-                  "point_labels": np.array([1]), "box": box}
+                  "point_labels": np.array([1]), "box": box, "window": window}
         out.append((prompt, (cols.start, rows.start, cols.stop - 1, rows.stop - 1), crop))
     return out
 
@@ -66,10 +75,10 @@ def apg_plane(session: SegmentationSession, key: SliceKey, maps: np.ndarray, set
     for start in range(0, len(prompts), BATCH):
         chunk = prompts[start : start + BATCH]
         answers = session.segment(key, [p for p, _, _ in chunk], hq_token_only=False)
-        for (_prompt, (x0, y0, x1, y1), own), answer in zip(chunk, answers, strict=True):
+        for (prompt, (x0, y0, x1, y1), own), answer in zip(chunk, answers, strict=True):
             box = mask_box(answer.mask)
             agree = 0.0
-            if box is not None:
+            if box is not None and not _spilled(box, prompt["window"], (h, w)):
                 bx0, by0, bx1, by1 = box
                 crop = answer.mask[by0 : by1 + 1, bx0 : bx1 + 1]
                 # the overlap with the prompting instance, inside the two boxes' intersection
@@ -97,6 +106,15 @@ def apg_plane(session: SegmentationSession, key: SliceKey, maps: np.ndarray, set
         if free.sum() >= max(1, settings.min_mask_region_area):
             region[free] = n
     return relabel_raster(labels).astype(np.uint32)
+
+
+def _spilled(box: tuple[int, int, int, int], window: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether a mask with XYXY ``box`` reaches an edge of its ``window`` (XYXY, inclusive)
+    that is not the plane's own: the decoder's mask went on past the window."""
+    h, w = shape
+    wx0, wy0, wx1, wy1 = (int(v) for v in window)
+    bx0, by0, bx1, by1 = box
+    return (0 < wx0 >= bx0) or (0 < wy0 >= by0) or (w - 1 > wx1 <= bx1) or (h - 1 > wy1 <= by1)
 
 
 def iter_apg(
