@@ -664,6 +664,9 @@ COMMANDS = {"models": cmd_models, "embed": cmd_embed, "segment": cmd_segment, "a
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    from .engine.volumes import memory
+
+    memory.setup_heap()  # steady malloc thresholds: decoding runs ~20% faster (engine/volumes/memory.py)
     try:
         return COMMANDS[args.command](args)
     except CliError as err:

@@ -68,7 +68,7 @@ class SamHQWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        memory.limit_arenas()  # before the workers' threads first allocate (engine/volumes/memory.py)
+        memory.setup_heap()  # before the workers' threads first allocate (engine/volumes/memory.py)
         self.settings = SettingsPanel()
         self.status = StatusLine()
         self.status_label, self.progress_bar = self.status.label, self.status.bar
