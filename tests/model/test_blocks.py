@@ -133,6 +133,20 @@ def test_layernorm2d_matches_the_official_formula():
     assert_close(ln(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("resolution", [1, 2, 5, 7, 14])
+def test_tiny_vit_offset_table_is_the_official_scan(resolution):
+    """The official numbering: |offsets| in order of first appearance, pairs scanned row-major."""
+    import itertools
+
+    from napari_sam_hq.model.tiny_vit import _offset_indices
+
+    points = list(itertools.product(range(resolution), range(resolution)))
+    seen: dict[tuple[int, int], int] = {}
+    scan = [seen.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(seen)) for a in points for b in points]
+    n = len(points)
+    assert torch.equal(_offset_indices(resolution), torch.tensor(scan).view(n, n))
+
+
 def test_tiny_vit_attention_uses_the_loaded_biases():
     """The official module caches its bias table at .eval(); ours reads the parameters every call."""
     attn = _randomise(TinyAttention(dim=16, key_dim=8, num_heads=2, resolution=7), seed=3).eval()

@@ -13,8 +13,8 @@ time, which goes stale when weights are loaded afterwards.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Generator, Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -272,17 +272,22 @@ class Mlp(nn.Module):
 
 def _offset_indices(resolution: int, device: torch.device | None = None) -> torch.Tensor:
     """``N x N`` index of the |offset| between every two cells of a window (N = resolution^2),
-    numbered in order of first appearance, as the official table."""
-    points = list(itertools.product(range(resolution), range(resolution)))
-    offsets: dict[tuple[int, int], int] = {}
-    idxs = [
-        offsets.setdefault((abs(p1[0] - p2[0]), abs(p1[1] - p2[1])), len(offsets))
-        for p1 in points
-        for p2 in points
-    ]
-    n = len(points)
+    numbered in order of first appearance, as the official table.
+
+    The official table scans cell pairs row-major; the first cell, (0, 0), meets every
+    |offset| (dy, dx) already, in row-major order, so the number is ``dy * resolution + dx``.
+    """
     real = device if device is not None and device.type != "meta" else torch.device("cpu")
-    return torch.tensor(idxs, device=real).view(n, n)
+    return torch.tensor(_offset_table(resolution), dtype=torch.int64, device=real).view(resolution**2, -1)
+
+
+@lru_cache(maxsize=8)
+def _offset_table(resolution: int) -> tuple[int, ...]:
+    """``_offset_indices`` as a flat tuple, made once per resolution (the scan took 0.25 s of
+    every vit_tiny load, 12 ms for each of its 20 attention blocks). Plain Python: the model
+    is built under a meta-device mode, where torch ops would make meta tensors."""
+    n, r = resolution * resolution, resolution
+    return tuple(abs(a // r - b // r) * r + abs(a % r - b % r) for a in range(n) for b in range(n))
 
 
 class Attention(nn.Module):
