@@ -470,3 +470,20 @@ def test_track_segments_the_frames_with_a_model(ckpt, tmp_path, capsys):
                  "--out", str(out)])
     captured = capsys.readouterr()
     assert (code == 0 and (out / "labels.tif").is_file()) or (code == 4 and "no frame has an object" in captured.err)
+
+
+def test_the_command_exits_with_mains_code_and_complete_files(tmp_path):
+    """``run`` (the console script) freezes the collector before exiting: its files are whole
+    and its exit codes are main's."""
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 5:20], labels[20:35, 30:45] = 1, 2
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    command = [sys.executable, "-m", "napari_sam_hq.cli"]
+    done = subprocess.run([*command, "measure", str(tmp_path / "labels.tif"), "--out", str(tmp_path / "t.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "t.csv")["area"].tolist() == [150, 225]
+    missing = subprocess.run([*command, "measure", str(tmp_path / "nothing.tif"), "--out", str(tmp_path / "u.csv")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 3 and missing.stderr.startswith("napari-sam-hq: error:")
+    assert not (tmp_path / "u.csv").exists()

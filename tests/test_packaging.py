@@ -63,7 +63,7 @@ def test_wheel_carries_the_manifest_metadata_and_license(dists):
     assert "Framework :: napari" in meta.get_all("Classifier")
     assert {u.split(",")[0] for u in meta.get_all("Project-URL")} >= {"Homepage", "Documentation", "Source"}
     assert "napari-sam-hq = napari_sam_hq:napari.yaml" in entry_points
-    assert "napari-sam-hq = napari_sam_hq.cli:main" in entry_points
+    assert "napari-sam-hq = napari_sam_hq.cli:run" in entry_points
 
 
 def test_sdist_carries_tests_docs_and_citation(dists):
