@@ -106,7 +106,8 @@ def test_windowed_masks_are_the_full_masks_inside_and_empty_outside(predictor, m
     np.testing.assert_allclose(win.scores, full.scores, atol=1e-6)
     for i, (x0, y0, x1, y1) in enumerate(windows):
         inside = np.zeros((200, 300), bool)
-        inside[max(0, int(np.ceil(y0))) : int(np.floor(y1)) + 1, max(0, int(np.ceil(x0))) : int(np.floor(x1)) + 1] = True
+        rows = slice(max(0, int(np.ceil(y0))), int(np.floor(y1)) + 1)
+        inside[rows, max(0, int(np.ceil(x0))) : int(np.floor(x1)) + 1] = True
         assert not win.masks[i][:, ~inside].any()
         differ = (win.masks[i][:, inside] != full.masks[i][:, inside]).mean()
         assert differ < 1e-4, f"window {i}: {differ:.2%} of its pixels differ"
