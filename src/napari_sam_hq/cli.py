@@ -491,12 +491,10 @@ def cmd_train_head(args) -> int:
                              lambda session, labels, name: iter_head_samples(session, labels, name=name))
     data = {"images": [str(p) for p, _ in pairs], "labels": [str(q) for _, q in pairs]}
     gen = iter_train_head(model.load(), samples, settings, data=data)
-    evaluated = 0
     try:
         while True:
             step = next(gen)
             if step.val_ap50 is not None:
-                evaluated += 1
                 print(f"step {step.step:5d}  {100 * step.fraction:3.0f}% of the budget  loss {step.loss:.3f}  "
                       f"held-out AP50 {step.val_ap50:.3f}", flush=True)
     except StopIteration as stop:

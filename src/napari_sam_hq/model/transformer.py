@@ -237,7 +237,7 @@ class TwoWayAttentionBlock(nn.Module):
         shift = i2t.out_proj.bias if row_offset is None else i2t.out_proj.bias + row_offset.reshape(-1)
         m = m + shift / i2t.num_heads
         if image_proj is None and not torch.is_grad_enabled():  # these keys are ours (the first layer's are shared)
-            keys = keys.expand(p.shape[0], -1, -1).contiguous().baddbmm_(p, m)
+            keys = keys.baddbmm_(p, m)
         else:
             keys = torch.baddbmm(keys, p, m)
         keys = self.norm4(keys)

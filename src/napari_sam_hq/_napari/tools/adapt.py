@@ -100,18 +100,26 @@ class AdaptPanel(QGroupBox):
                                  **prompts)
         if settings is None:
             return None
-        image = host.image_layer
-        layers = host.labels.of_image(image, also_others=self.adapt_others_check.isChecked())
-        if not layers:
-            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
+        learn = self._labels_to_learn()
+        if learn is None:
             return None
+        layers, data = learn
         base = (host.model_request(), host.model)
-        data = {"image": image.name, "labels_layers": [layer.name for layer in layers]}
         self.adapt_plot.clear()
         return host.jobs.run(JOB, _adapt_job(ann, [(layer.name, layer.data) for layer in layers], settings),
                              button=self.adapt_button, yielded=self._on_yielded,
                              returned=lambda result: self._on_adapted(result, settings, base, data),
                              message=f"Adapting to the objects of {', '.join(repr(la.name) for la in layers)}…")
+
+    def _labels_to_learn(self) -> tuple[list, dict] | None:
+        """The labels layers to learn from (the chosen one, and the others of the image's
+        shape if ticked) and what the result records of them; ``None`` (said) if none."""
+        image = self.host.image_layer
+        layers = self.host.labels.of_image(image, also_others=self.adapt_others_check.isChecked())
+        if not layers:
+            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
+            return None
+        return layers, {"image": image.name, "labels_layers": [layer.name for layer in layers]}
 
     def _adapt_head(self, ann):
         from ...engine.automatic.head_training import HeadTrainSettings
@@ -123,12 +131,10 @@ class AdaptPanel(QGroupBox):
         except ValueError as err:
             show_info(f"SAM-HQ: {err}")
             return None
-        image = host.image_layer
-        layers = host.labels.of_image(image, also_others=self.adapt_others_check.isChecked())
-        if not layers:
-            show_info("SAM-HQ: no labels layer of this image's shape to learn from: commit or load labels first")
+        learn = self._labels_to_learn()
+        if learn is None:
             return None
-        data = {"image": image.name, "labels_layers": [layer.name for layer in layers]}
+        layers, data = learn
         self.adapt_plot.clear()
         return host.jobs.run(JOB, _head_job(ann, [(layer.name, layer.data) for layer in layers], settings, data),
                              button=self.adapt_button, yielded=self._on_yielded,

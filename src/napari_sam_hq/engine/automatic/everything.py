@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from ..volumes.session import SegmentationSession, SliceKey
 from ..volumes.tiling import Tile
-from .linking import link_slices, relabel_raster
+from .linking import iter_linked_planes, link_slices, relabel_raster
 from .settings import AutoSettings
 
 
@@ -362,19 +362,11 @@ def iter_amg(
     stack along its first leading axis, linked into 3D objects (``link_slices``). Returns
     ``H x W`` or ``len(keys) x H x W`` uint32 labels. ``modes.iter_segment_everything`` is
     the entry point that chooses among the modes."""
-    keys = session.keys if keys is None else [session.check_key(k) for k in keys]
-    planes = []
-    for i, key in enumerate(keys):
-        gen = iter_generate_masks(session, key, settings)
-        try:
-            while True:
-                fraction, msg = next(gen)
-                yield (i + fraction) / len(keys), (f"slice {key}: {msg}" if key else msg)
-        except StopIteration as stop:
-            planes.append(masks_to_labels(stop.value, session.plane_shape))
-    if keys == [()]:
-        return planes[0]
-    return link_slices(planes, iou_threshold=link_iou)
+    def plane(key: SliceKey):
+        masks = yield from iter_generate_masks(session, key, settings)
+        return masks_to_labels(masks, session.plane_shape)
+
+    return (yield from iter_linked_planes(session, keys, plane, link_iou=link_iou))
 
 
 __all__ = [

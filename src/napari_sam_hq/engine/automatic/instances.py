@@ -231,22 +231,16 @@ def iter_ais(
     """Segment everything with the instance head alone (``ais``): ``H x W`` labels for a plane
     (``keys`` = ``[()]``), or ``len(keys) x H x W`` for slices of a stack, linked along its
     first leading axis (``everything.link_slices``)."""
-    from .linking import link_slices
+    from ...model.steps import scaled
+    from .linking import iter_linked_planes
 
-    keys = session.keys if keys is None else [session.check_key(k) for k in keys]
-    planes = []
-    for i, key in enumerate(keys):
-        gen = iter_head_maps(session, key, head)
-        try:
-            while True:
-                f = next(gen)
-                yield (i + 0.9 * f) / len(keys), f"slice {key}: head" if key else "instance head"
-        except StopIteration as stop:
-            planes.append(instances_from_maps(stop.value, settings))
-        yield (i + 1) / len(keys), f"{int(planes[-1].max())} objects" + (f" on slice {key}" if key else "")
-    if keys == [()]:
-        return planes[0]
-    return link_slices(planes, iou_threshold=link_iou)
+    def plane(key: SliceKey):
+        maps = yield from scaled(iter_head_maps(session, key, head), 0.0, 0.9, "instance head")
+        labels = instances_from_maps(maps, settings)
+        yield 1.0, f"{int(labels.max())} objects"
+        return labels
+
+    return (yield from iter_linked_planes(session, keys, plane, link_iou=link_iou))
 
 
 # ---------------------------------------------------------------------------- the head file

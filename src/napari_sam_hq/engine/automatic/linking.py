@@ -1,8 +1,12 @@
 """Labels per plane, renumbered and linked through a stack: what every mode of segment
 everything shares (``relabel_raster``: ids in raster order; ``link_slices``: per-slice
-labels joined into 3D objects by overlap). numpy only."""
+labels joined into 3D objects by overlap; ``iter_linked_planes``: a mode's planes, slice by
+slice, then linked). numpy only."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +19,34 @@ def relabel_raster(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(flat.max()) + 1 if flat.size else 1, np.int64)
     lut[order] = np.arange(1, len(order) + 1)
     return lut[labels]
+
+
+def iter_linked_planes(
+    session: Any,
+    keys: list | None,
+    plane: Callable[[tuple], Generator[tuple[float, str], None, np.ndarray]],
+    *,
+    link_iou: float = 0.5,
+) -> Generator[tuple[float, str], None, np.ndarray]:
+    """Labels of ``keys`` of a session (default: every slice) by ``plane(key)``, a step
+    generator yielding ``(fraction, message)`` and returning ``H x W`` labels: ``H x W`` for
+    a plane (``keys`` = ``[()]``), else ``len(keys) x H x W`` linked along the first leading
+    axis (``link_slices``). Messages name the slice."""
+    keys = session.keys if keys is None else [session.check_key(k) for k in keys]
+    planes = []
+    for i, key in enumerate(keys):
+        where = f"slice {key}: " if key else ""
+        gen = plane(key)
+        while True:
+            try:
+                fraction, message = next(gen)
+            except StopIteration as stop:
+                planes.append(stop.value)
+                break
+            yield (i + fraction) / len(keys), where + message
+    if keys == [()]:
+        return planes[0]
+    return link_slices(planes, iou_threshold=link_iou)
 
 
 def link_slices(planes: list[np.ndarray], *, iou_threshold: float = 0.5) -> np.ndarray:

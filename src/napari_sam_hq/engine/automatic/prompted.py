@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ...model.steps import scaled
 from ..masks import object_slices
 from ..volumes.session import SegmentationSession, SliceKey
 from .everything import mask_box, nms
 from .instances import InstanceSettings, instances_from_maps, iter_head_maps
-from .linking import link_slices, relabel_raster
+from .linking import iter_linked_planes, relabel_raster
 from .settings import AutoSettings
 
 MIN_AGREEMENT = 0.5
@@ -128,22 +129,10 @@ def iter_apg(
 ) -> Generator[tuple[float, str], None, np.ndarray]:
     """``apg`` for a plane (``keys`` = ``[()]``) or slices of a stack (linked in 3D)."""
     settings = settings or AutoSettings()
-    keys = session.keys if keys is None else [session.check_key(k) for k in keys]
-    planes = []
-    for i, key in enumerate(keys):
-        where = f"slice {key}: " if key else ""
-        gen = iter_head_maps(session, key, head)
-        try:
-            while True:
-                yield (i + 0.3 * next(gen)) / len(keys), f"{where}instance head"
-        except StopIteration as stop:
-            maps = stop.value
+
+    def plane(key: SliceKey):
+        maps = yield from scaled(iter_head_maps(session, key, head), 0.0, 0.3, "instance head")
         gen = apg_plane(session, key, maps, settings, instance_settings)
-        try:
-            while True:
-                yield (i + 0.3 + 0.7 * next(gen)) / len(keys), f"{where}SAM-HQ prompts"
-        except StopIteration as stop:
-            planes.append(stop.value)
-    if keys == [()]:
-        return planes[0]
-    return link_slices(planes, iou_threshold=link_iou)
+        return (yield from scaled(gen, 0.3, 1.0, "SAM-HQ prompts"))
+
+    return (yield from iter_linked_planes(session, keys, plane, link_iou=link_iou))

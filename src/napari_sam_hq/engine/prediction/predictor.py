@@ -271,11 +271,9 @@ class SamHQPredictor:
         )
         pixels = cells = None
         if windows is not None:
-            win = np.asarray(windows, dtype=np.float64)
-            if win.shape != (b, 4) or not np.isfinite(win).all():
+            win = _check_xyxy(windows, "windows")
+            if len(win) != b or not np.isfinite(win).all():
                 raise ValueError(f"windows must be B x 4 XYXY pixels with B = {b} (one per object), got {win.shape}")
-            if (win[:, 2] < win[:, 0]).any() or (win[:, 3] < win[:, 1]).any():
-                raise ValueError("windows must be XYXY with x0 <= x1 and y0 <= y1 (x is the column)")
             pixels = frames.window_pixels(win)
             cells = frames.window_cells(pixels)
         model = self.model
@@ -402,11 +400,7 @@ def _check_prompts(
         _check_inside(coords, h, w, "point")
         sizes.append(coords.shape[0])
     if boxes is not None:
-        boxes_arr = np.asarray(boxes, dtype=np.float64)
-        if boxes_arr.ndim != 2 or boxes_arr.shape[-1] != 4:
-            raise ValueError(f"boxes must be B x 4 XYXY, got shape {boxes_arr.shape}")
-        if (boxes_arr[:, 2] < boxes_arr[:, 0]).any() or (boxes_arr[:, 3] < boxes_arr[:, 1]).any():
-            raise ValueError("boxes must be XYXY with x0 <= x1 and y0 <= y1 (x is the column)")
+        boxes_arr = _check_xyxy(boxes, "boxes")
         _check_inside(boxes_arr.reshape(-1, 2, 2), h, w, "box corner")
         sizes.append(boxes_arr.shape[0])
     if mask_input is not None:
@@ -425,6 +419,16 @@ def _check_prompts(
     if sizes[0] == 0:
         raise ValueError("no prompts: the batch is empty")
     return coords, labels, boxes_arr, masks, sizes[0]
+
+
+def _check_xyxy(boxes: np.ndarray, what: str) -> np.ndarray:
+    """``boxes`` (or windows) as ``B x 4`` float64 XYXY with x0 <= x1 and y0 <= y1."""
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[-1] != 4:
+        raise ValueError(f"{what} must be B x 4 XYXY, got shape {arr.shape}")
+    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
+        raise ValueError(f"{what} must be XYXY with x0 <= x1 and y0 <= y1 (x is the column)")
+    return arr
 
 
 def _check_inside(xy: np.ndarray, h: int, w: int, what: str) -> None:

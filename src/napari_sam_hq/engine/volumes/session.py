@@ -531,15 +531,19 @@ class SegmentationSession:
         whole = self.is_whole(tile)
         origin = np.zeros(2) if whole else tile.origin_xy
         kwargs: dict[str, Any] = {}
+
+        def xyxy(name: str) -> np.ndarray:  # the objects' boxes or windows, in the tile's pixels
+            return np.stack([np.asarray(o[name], float).ravel() - np.tile(origin, 2) for o in objs])
+
         if n_points is not None:
             kwargs["point_coords"] = np.stack([np.asarray(o["point_coords"], float) - origin for o in objs])
             kwargs["point_labels"] = np.stack([np.asarray(o["point_labels"]) for o in objs])
         if has_box:
-            kwargs["boxes"] = np.stack([np.asarray(o["box"], float).ravel() - np.tile(origin, 2) for o in objs])
+            kwargs["boxes"] = xyxy("box")
         if use_mask:
             kwargs["mask_input"] = np.stack([np.asarray(o["mask_input"], np.float32) for o in objs])
         if has_window:
-            kwargs["windows"] = np.stack([np.asarray(o["window"], float).ravel() - np.tile(origin, 2) for o in objs])
+            kwargs["windows"] = xyxy("window")
         if not whole:
             h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
             kwargs = _clip_to_tile(kwargs, h, w)
